@@ -1,0 +1,163 @@
+"""Build the proxy from settings, listen, and run until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from proxy.errors import ClientRequestError, ConfigError, ProxyError
+from proxy.forward import ProxyHandler, VaultHolder
+from proxy.log import log
+from proxy.problem import problem_response
+from proxy.settings import Settings
+from proxy.upstream import Upstream, UpstreamOptions
+from proxy.vault import Vault, load_vault
+
+
+class _ProblemRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering its own errors as problem+json."""
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, ConnectionError):
+            # The handler aborted the connection on purpose; there is nobody to answer.
+            raise exc
+        if status >= 500:
+            log.error("internal error handling a request", exc_info=exc)
+        error: ProxyError
+        if 400 <= status < 500:
+            error = ClientRequestError("the request is malformed and cannot be parsed")
+            error.status = status
+        else:
+            error = ProxyError("the proxy failed to handle the request; see its log")
+            error.status = status
+        response = problem_response(error)
+        response.force_close()
+        return response
+
+
+class _ProxyServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class Proxy:
+    """The running proxy: settings, the vault in use, the upstream seam and the listener."""
+
+    def __init__(self, settings: Settings, vault: Vault) -> None:
+        self.settings = settings
+        self.vaults = VaultHolder(vault)
+        self.upstream = Upstream(
+            UpstreamOptions(
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+                ca_bundle=settings.ca_bundle,
+            )
+        )
+        self._runner: web.ServerRunner | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        await self.upstream.start()
+        handler = ProxyHandler(self.settings, self.vaults, self.upstream)
+        server = _ProxyServer(handler, handler_cancellation=True, access_log=None)
+        self._runner = web.ServerRunner(server, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.SockSite(self._runner, bind_socket(self.settings.listen_host, self.settings.listen_port))
+        await site.start()
+        self.port = site._sock.getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.upstream.close()
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the listening socket, turning the usual failures into one `ConfigError` line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except socket.gaierror:
+        raise ConfigError(f"listen address {host!r} cannot be resolved") from None
+    sock = socket.socket(infos[0][0], socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(infos[0][4])
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        where = f"{host}:{port}" if family == socket.AF_INET else f"[{host}]:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"cannot listen on {where}: the port is in use; stop the other program "
+                "or choose another port with --listen"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"cannot listen on {where}: no such address on this machine") from None
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def log_startup(proxy: Proxy) -> None:
+    settings = proxy.settings
+    vault = proxy.vaults.vault
+    host = f"[{settings.listen_host}]" if ":" in settings.listen_host else settings.listen_host
+    log.info("listening on http://%s:%d", host, proxy.port)
+    log.info("upstream %s", settings.upstream)
+    log.info("vault %s: workspaces %s", vault.path, ", ".join(vault.workspaces) or "(none)")
+    for warning in vault_warnings(vault):
+        log.warning("%s", warning)
+
+
+def vault_warnings(vault: Vault) -> list[str]:
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    warnings = []
+    for name in vault.workspaces:
+        credential = vault.credentials[name]
+        if credential.expired(now):
+            warnings.append(
+                f"token for workspace {name} ({credential.token.fingerprint}) expired at "
+                f"{credential.expires:%Y-%m-%d %H:%M} UTC; it will still be tried"
+            )
+    return warnings
+
+
+def serve(settings: Settings, *, ready: Callable[[Proxy], None] | None = None) -> None:
+    """Load the vault, start the proxy and serve until SIGINT or SIGTERM."""
+    vault = load_vault(settings.vault_path)
+    asyncio.run(_serve(settings, vault, ready))
+
+
+async def _serve(settings: Settings, vault: Vault, ready: Callable[[Proxy], None] | None) -> None:
+    proxy = Proxy(settings, vault)
+    await proxy.start()
+    log_startup(proxy)
+    if ready is not None:
+        ready(proxy)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await proxy.stop()
+    logging.shutdown()

@@ -1,0 +1,262 @@
+"""A stand-in for the EODH API, for `eodh-proxy demo` and for the tests.
+
+It checks bearer tokens per workspace the way the platform's front proxy does:
+a request on a workspace path with no `Authorization` gets 401, one with another
+workspace's token (or an unknown one) gets 403. Its documents carry absolute
+links on its own origin, as the platform's do. It records every request it
+receives, and notes as a violation any request whose token belongs to a
+workspace other than the one the path routes to.
+
+It serves a small workflow runner (OGC API - Processes: processes, execution,
+jobs, results) and a public STAC catalogue root.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+USER_CATALOGS = "/api/catalogue/stac/catalogs/user/catalogs"
+WORKSPACE_FAMILIES = (
+    USER_CATALOGS,
+    "/api/workspaces",
+    "/api/catalogue/manage/catalogs/user-datasets",
+    "/ades",
+    "/workspaces",
+)
+
+
+@dataclass
+class Received:
+    """One request as the stand-in saw it."""
+
+    method: str
+    raw_path: str
+    headers: dict[str, list[str]]
+    workspace: str | None
+    token_workspace: str | None
+
+
+@dataclass
+class StandIn:
+    """State of a running stand-in: its tokens, origin and what it received."""
+
+    tokens: dict[str, str]
+    origin: str = ""
+    received: list[Received] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    public_workspaces: set[str] = field(default_factory=set)
+    """Workspaces whose paths accept any valid token, as for a workflow published as public."""
+
+    def workspace_of_token(self, token: str) -> str | None:
+        for workspace, expected in self.tokens.items():
+            if hmac.compare_digest(token.encode(), expected.encode()):
+                return workspace
+        return None
+
+
+STANDIN_KEY = web.AppKey("standin", StandIn)
+
+
+def strict_workspace(raw_path: str) -> str | None:
+    """Return the workspace a strict server routes `raw_path` to (decode once, normalise)."""
+    path = unquote(raw_path.partition("?")[0])
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    for family in sorted(WORKSPACE_FAMILIES, key=len, reverse=True):
+        parts = family.strip("/").split("/")
+        if len(segments) > len(parts) and segments[: len(parts)] == parts:
+            return segments[len(parts)]
+    return None
+
+
+@web.middleware
+async def _check_token(request: web.Request, handler: Any) -> web.StreamResponse:
+    standin = request.app[STANDIN_KEY]
+    workspace = strict_workspace(request.raw_path)
+    authorization = request.headers.getall("Authorization", [])
+    token_workspace = None
+    if len(authorization) == 1 and authorization[0].startswith("Bearer "):
+        token_workspace = standin.workspace_of_token(authorization[0][len("Bearer ") :])
+    standin.received.append(
+        Received(
+            method=request.method,
+            raw_path=request.raw_path,
+            headers={name: request.headers.getall(name) for name in request.headers},
+            workspace=workspace,
+            token_workspace=token_workspace,
+        )
+    )
+    crossed = token_workspace is not None and workspace is not None and token_workspace != workspace
+    if crossed and workspace not in standin.public_workspaces:
+        standin.violations.append(
+            f"{request.method} {request.raw_path}: token of {token_workspace} "
+            f"on a path routed to {workspace}"
+        )
+    if len(authorization) > 1:
+        standin.violations.append(f"{request.method} {request.raw_path}: two Authorization headers")
+
+    if workspace is not None:
+        if not authorization:
+            return web.Response(status=401, text="authorization header missing")
+        accepted = token_workspace == workspace or (
+            token_workspace is not None and workspace in standin.public_workspaces
+        )
+        if not accepted:
+            return web.json_response({"detail": "Access denied"}, status=403)
+    return await handler(request)
+
+
+def _base(request: web.Request) -> str:
+    standin = request.app[STANDIN_KEY]
+    return f"{standin.origin}{USER_CATALOGS}/{request.match_info['ws']}"
+
+
+async def _processes(request: web.Request) -> web.Response:
+    base = _base(request)
+    processes = [
+        {
+            "id": name,
+            "version": "1.0.0",
+            "jobControlOptions": ["async-execute"],
+            "outputTransmission": ["reference"],
+            "links": [{"rel": "self", "href": f"{base}/processes/{name}"}],
+        }
+        for name in ("echo", "ndvi")
+    ]
+    return web.json_response(
+        {"processes": processes, "links": [{"rel": "self", "href": f"{base}/processes"}]}
+    )
+
+
+async def _process(request: web.Request) -> web.Response:
+    base = _base(request)
+    name = request.match_info["process"]
+    if name not in ("echo", "ndvi"):
+        return web.json_response(
+            {"title": "NoSuchProcess", "type": "no-such-process", "detail": f"{name} not found"},
+            status=404,
+        )
+    return web.json_response(
+        {
+            "id": name,
+            "version": "1.0.0",
+            "inputs": {"workspace": {"schema": {"type": "string"}}},
+            "links": [
+                {"rel": "self", "href": f"{base}/processes/{name}"},
+                {
+                    "rel": "http://www.opengis.net/def/rel/ogc/1.0/execute",
+                    "href": f"{base}/processes/{name}/execution",
+                },
+            ],
+        }
+    )
+
+
+async def _execute(request: web.Request) -> web.Response:
+    standin = request.app[STANDIN_KEY]
+    base = _base(request)
+    inputs = (await request.json()).get("inputs", {})
+    job_id = str(uuid.uuid4())
+    job = {
+        "jobID": job_id,
+        "processID": request.match_info["process"],
+        "status": "running",
+        "inputs": inputs,
+        "links": [{"rel": "monitor", "href": f"{base}/jobs/{job_id}"}],
+    }
+    standin.jobs[job_id] = job
+    return web.json_response(
+        job,
+        status=201,
+        headers={"Location": f"{base}/jobs/{job_id}", "Preference-Applied": "respond-async"},
+    )
+
+
+async def _job(request: web.Request) -> web.Response:
+    standin = request.app[STANDIN_KEY]
+    base = _base(request)
+    job = standin.jobs.get(request.match_info["job"])
+    if job is None:
+        return web.json_response({"title": "NoSuchJob", "type": "no-such-job"}, status=404)
+    # A job finishes the second time it is polled, so clients see it change.
+    if job["status"] == "running":
+        job["status"] = "_finishing"
+        shown = dict(job, status="running")
+    else:
+        job["status"] = "successful"
+        results = f"{base}/jobs/{job['jobID']}/results"
+        job["links"] = [
+            {"rel": "self", "href": f"{base}/jobs/{job['jobID']}"},
+            {"rel": "http://www.opengis.net/def/rel/ogc/1.0/results", "href": results},
+        ]
+        shown = job
+    return web.json_response(shown)
+
+
+async def _jobs(request: web.Request) -> web.Response:
+    standin = request.app[STANDIN_KEY]
+    base = _base(request)
+    jobs = [{"jobID": job_id, "status": job["status"]} for job_id, job in standin.jobs.items()]
+    return web.json_response(
+        {"jobs": jobs, "links": [{"rel": "self", "href": f"{base}/jobs"}], "numberTotal": len(jobs)}
+    )
+
+
+async def _results(request: web.Request) -> web.Response:
+    base = _base(request)
+    job_id = request.match_info["job"]
+    return web.json_response(
+        {
+            "type": "Collection",
+            "id": f"results-{job_id}",
+            "links": [{"rel": "self", "href": f"{base}/jobs/{job_id}/results"}],
+            "summary": {"echo": "done"},
+        }
+    )
+
+
+async def _public_root(request: web.Request) -> web.Response:
+    standin = request.app[STANDIN_KEY]
+    return web.json_response(
+        {
+            "type": "Catalog",
+            "id": "eodh",
+            "description": "Public catalogue (stand-in)",
+            "links": [{"rel": "self", "href": f"{standin.origin}/api/catalogue/stac/"}],
+        }
+    )
+
+
+def build_app(tokens: dict[str, str]) -> web.Application:
+    """Return the stand-in application; set `app[STANDIN_KEY].origin` once it listens."""
+    app = web.Application(middlewares=[_check_token])
+    app[STANDIN_KEY] = StandIn(tokens=dict(tokens))
+    user = USER_CATALOGS + "/{ws}"
+    app.router.add_get(user + "/processes", _processes)
+    app.router.add_get(user + "/processes/{process}", _process)
+    app.router.add_post(user + "/processes/{process}/execution", _execute)
+    app.router.add_get(user + "/jobs", _jobs)
+    app.router.add_get(user + "/jobs/{job}", _job)
+    app.router.add_get(user + "/jobs/{job}/results", _results)
+    app.router.add_get("/api/catalogue/stac/", _public_root)
+    return app
+
+
+def dump(standin: StandIn) -> str:
+    """Describe what the stand-in received, for test failure messages; tokens left out."""
+    return json.dumps([(r.method, r.raw_path, r.workspace, r.token_workspace) for r in standin.received])

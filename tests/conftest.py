@@ -1,0 +1,164 @@
+"""Fixtures: a stand-in EODH upstream on loopback and the proxy as a real process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.upstream import TOKENS, UpstreamServer
+
+READY = re.compile(r"listening on http://(?P<address>\S+)")
+
+
+class ProxyProcess:
+    """`python -m proxy ARGS` as a child process, with its standard error collected."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self._done = threading.Event()
+        self.address = ""
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "proxy", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            found = READY.search(line)
+            if found and not self._ready.is_set():
+                self.address = found.group("address")
+                self._ready.set()
+        self._done.set()
+        self._ready.set()
+
+    def wait_ready(self, timeout: float = 15) -> ProxyProcess:
+        self._ready.wait(timeout)
+        if not self.address:
+            self.stop()
+            raise AssertionError("proxy did not start:\n" + self.output)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        code = self.process.wait(timeout)
+        self._done.wait(timeout)
+        return code
+
+    def rss_peak_kib(self) -> int:
+        """Peak resident memory of the process so far (VmHWM), in KiB."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        found = re.search(r"VmHWM:\s+(\d+) kB", status)
+        assert found is not None
+        return int(found.group(1))
+
+
+def write_vault(path: Path, tokens: dict[str, str]) -> Path:
+    path.write_text(
+        "workspaces:\n" + "".join(f"  {ws}:\n    token: '{token}'\n" for ws, token in tokens.items())
+    )
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[UpstreamServer]:
+    server = UpstreamServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_token_reaches_another_workspace(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test: the upstream never saw one workspace's token on another's path."""
+    yield
+    if "upstream" in request.fixturenames:
+        server: UpstreamServer = request.getfixturevalue("upstream")
+        violations = list(server.state.violations)
+        server.state.violations.clear()
+        assert violations == [], violations
+
+
+@pytest.fixture(scope="session")
+def vault_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("vault")
+    return write_vault(folder / "vault.yaml", {k: v for k, v in TOKENS.items() if k != "gamma-ws"})
+
+
+@pytest.fixture(scope="session")
+def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Point XDG_CONFIG_HOME at an empty folder so no user config is read."""
+    home = tmp_path_factory.mktemp("xdg")
+    return {"XDG_CONFIG_HOME": str(home)}
+
+
+@pytest.fixture(scope="session")
+def proxy(
+    upstream: UpstreamServer, vault_file: Path, isolated_env: dict[str, str]
+) -> Iterator[ProxyProcess]:
+    """One proxy for the session, in front of the shared stand-in, with default settings."""
+    process = ProxyProcess(
+        ["serve", "--listen", "127.0.0.1:0", "--upstream", upstream.origin, "--vault", str(vault_file)],
+        env=isolated_env,
+    ).wait_ready()
+    yield process
+    process.stop()
+    secrets = [token for token in TOKENS.values() if token in process.output]
+    assert secrets == [], "a token appeared in the proxy's output"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def raw_request(port: int, data: bytes, *, read_timeout: float = 10) -> bytes:
+    """Send raw bytes to 127.0.0.1:port and return what comes back until the server closes.
+
+    Requests should carry `Connection: close`; a server that keeps the connection
+    open ends the read at `read_timeout`.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)

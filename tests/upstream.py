@@ -1,0 +1,179 @@
+"""The tests' upstream: the package's stand-in EODH API, extended with routes for
+streaming, failures and header edge cases, run on loopback in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from proxy import standin
+from proxy.standin import STANDIN_KEY, StandIn
+
+TOKENS = {
+    "alpha-ws": "alpha-token-0123456789abcdef",
+    "beta-ws": "beta-token-fedcba9876543210",
+    "gamma-ws": "gamma-token-5555aaaa5555aaaa",
+}
+PUBLIC = "/api/catalogue/stac"
+BLOCK = bytes(range(256)) * 256  # 64 KiB of a known pattern
+
+
+async def _echo(request: web.Request) -> web.Response:
+    """Return what arrived: method, raw target and every header, duplicates kept."""
+    body = await request.read()
+    return web.json_response(
+        {
+            "method": request.method,
+            "raw_path": request.raw_path,
+            "headers": [[name, value] for name, value in request.headers.items()],
+            "body_size": len(body),
+            "chunked": "chunked" in request.headers.get("Transfer-Encoding", ""),
+        }
+    )
+
+
+async def _download(request: web.Request) -> web.StreamResponse:
+    """Stream `size` bytes of a repeating pattern, with a Content-Length."""
+    size = int(request.query["size"])
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    response.content_length = size
+    await response.prepare(request)
+    remaining = size if request.method != "HEAD" else 0
+    while remaining:
+        chunk = BLOCK[: min(remaining, len(BLOCK))]
+        await response.write(chunk)
+        remaining -= len(chunk)
+    await response.write_eof()
+    return response
+
+
+async def _upload(request: web.Request) -> web.Response:
+    """Read the body as a stream and return its size and SHA-256."""
+    digest = hashlib.sha256()
+    size = 0
+    async for chunk in request.content.iter_any():
+        digest.update(chunk)
+        size += len(chunk)
+    return web.json_response(
+        {
+            "size": size,
+            "sha256": digest.hexdigest(),
+            "content_length": request.headers.get("Content-Length"),
+            "transfer_encoding": request.headers.get("Transfer-Encoding"),
+        }
+    )
+
+
+async def _break_off(request: web.Request) -> web.StreamResponse:
+    """Promise 1 MiB, send 100 KiB, then drop the connection."""
+    response = web.StreamResponse()
+    response.content_length = 1024 * 1024
+    await response.prepare(request)
+    await response.write(b"x" * 100 * 1024)
+    assert request.transport is not None
+    request.transport.abort()
+    return response
+
+
+async def _silent(request: web.Request) -> web.Response:
+    """Never answer (until the test ends)."""
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")
+
+
+async def _headers(request: web.Request) -> web.Response:
+    response = web.Response(text="ok")
+    response.headers.add("Set-Cookie", "a=1; Path=/")
+    response.headers.add("Set-Cookie", "b=2; Path=/")
+    response.headers.add("X-Upstream", "yes")
+    response.headers.add("Access-Control-Allow-Origin", "*")
+    response.headers["Connection"] = "X-Hop"
+    response.headers["X-Hop"] = "dropped"
+    return response
+
+
+async def _redirect(request: web.Request) -> web.Response:
+    state = request.app[STANDIN_KEY]
+    target = request.query.get("to", "same")
+    location = {
+        "same": f"{state.origin}{PUBLIC}/",
+        "other": "https://objects.example.org/bucket/key?X-Sig=abc",
+    }[target]
+    return web.Response(
+        status=302,
+        headers={"Location": location, "Content-Location": f"{state.origin}/doc"},
+    )
+
+
+async def _gzip(request: web.Request) -> web.Response:
+    import gzip
+
+    body = gzip.compress(b'{"hello": "world"}')
+    return web.Response(
+        body=body, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    )
+
+
+def build_app() -> web.Application:
+    app = standin.build_app(TOKENS)
+    ws = standin.USER_CATALOGS + "/{ws}"
+    for path in (ws + "/echo", ws + "/echo/{tail:.*}", "/echo/{tail:.*}", PUBLIC + "/echo"):
+        app.router.add_route("*", path, _echo)
+    app.router.add_get(ws + "/download", _download)
+    app.router.add_route("*", ws + "/upload", _upload)
+    app.router.add_get(ws + "/break-off", _break_off)
+    app.router.add_get(ws + "/silent", _silent)
+    app.router.add_get(ws + "/headers", _headers)
+    app.router.add_get(PUBLIC + "/redirect", _redirect)
+    app.router.add_get(PUBLIC + "/gzip", _gzip)
+    return app
+
+
+class UpstreamServer:
+    """The extended stand-in, served from its own event loop in a background thread."""
+
+    def __init__(self, make_app: Callable[[], web.Application] = build_app) -> None:
+        self._make_app = make_app
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.app: web.Application | None = None
+        self.origin = ""
+
+    @property
+    def state(self) -> StandIn:
+        assert self.app is not None
+        return self.app[STANDIN_KEY]
+
+    def start(self) -> UpstreamServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+        return self
+
+    async def _start(self) -> None:
+        self.app = self._make_app()
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.origin = f"http://127.0.0.1:{port}"
+        self.app[STANDIN_KEY].origin = self.origin
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run `function` on the server's loop and return its result."""
+        async def run() -> Any:
+            return function(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=10)
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
