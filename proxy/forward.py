@@ -133,7 +133,7 @@ class ProxyHandler:
             authorization = "Bearer " + plan.credential.token.reveal()
         headers = upstream_request_headers(request.headers, authorization)
         if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
-            request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = request.content if request.body_exists else None
         url = self._upstream_origin + plan.route.upstream_target
 

@@ -78,7 +78,7 @@ class Proxy:
         await self._runner.setup()
         site = web.SockSite(self._runner, bind_socket(self.settings.listen_host, self.settings.listen_port))
         await site.start()
-        self.port = site._sock.getsockname()[1]  # type: ignore[union-attr]
+        self.port = site._sock.getsockname()[1]
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -118,7 +118,8 @@ async def _check_token(request: web.Request, handler: Any) -> web.StreamResponse
         )
         if not accepted:
             return web.json_response({"detail": "Access denied"}, status=403)
-    return await handler(request)
+    response: web.StreamResponse = await handler(request)
+    return response
 
 
 def _base(request: web.Request) -> str:

@@ -187,7 +187,7 @@ def proxy_for(scheme: str, host: str) -> str | None:
         return None
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get(scheme)
-    if proxy is None or urllib.request.proxy_bypass_environment(host, proxies):
+    if proxy is None or urllib.request.proxy_bypass_environment(host, proxies):  # type: ignore[attr-defined]
         return None
     return proxy
 

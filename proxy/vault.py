@@ -52,7 +52,7 @@ class Token:
     def __hash__(self) -> int:
         return hash(self.fingerprint)
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str:
         raise TypeError("a Token cannot be pickled")
 
 
@@ -154,11 +154,12 @@ def parse_expiry(value: object, where: str) -> dt.datetime | None:
     if value is None:
         return None
     if isinstance(value, str):
+        text = value
         try:
-            value = dt.datetime.fromisoformat(value)
+            value = dt.datetime.fromisoformat(text)
         except ValueError:
             try:
-                value = dt.date.fromisoformat(value)
+                value = dt.date.fromisoformat(text)
             except ValueError:
                 value = None
     if isinstance(value, dt.datetime):

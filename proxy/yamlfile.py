@@ -29,7 +29,7 @@ class LinedDict(dict[str, Any]):
 
 
 class _LineLoader(yaml.SafeLoader):
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:  # type: ignore[override]
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
         self.flatten_mapping(node)
         items: list[tuple[Any, Any]] = []
         lines: dict[Any, int] = {}

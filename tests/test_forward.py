@@ -261,3 +261,23 @@ def test_error_bodies_hold_no_token(proxy: ProxyProcess) -> None:
         for token in TOKENS.values():
             assert token not in response.text
             assert token not in str(response.headers)
+
+
+def test_expect_continue_answered_before_body(proxy: ProxyProcess, upstream: UpstreamServer) -> None:
+    """The proxy sends 100 Continue itself once it has accepted the request, then relays the body."""
+    import socket
+
+    head = (
+        f"POST {USER_CATALOGS}/alpha-ws/upload HTTP/1.1\r\nHost: localhost\r\n"
+        "Content-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(head)
+        interim = sock.recv(100)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["size"] == 5
