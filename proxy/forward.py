@@ -10,21 +10,27 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import StreamReader, web
+from multidict import CIMultiDict
 
 from proxy import guards, routes
 from proxy.errors import NoToken, ProxyError, UpstreamBrokeOff
 from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.links import (
+    BUFFERED_REQUEST_MAX,
+    Exchange,
+    LinkTranslator,
+    rewrite_stream,
+    rewrite_whole,
+)
 from proxy.log import access_log, log
 from proxy.problem import problem_response
-from proxy.rewrite import translate_url
 from proxy.settings import Settings
 from proxy.upstream import Upstream
 from proxy.vault import Credential, Vault
-
-_LOCATION_HEADERS = frozenset({"location", "content-location"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +41,7 @@ class Plan:
     credential: Credential | None
     client_origin: str
     cors_origin: str | None
+    links: Exchange
 
 
 class VaultHolder:
@@ -52,6 +59,7 @@ class ProxyHandler:
         self._upstream_origin = str(settings.upstream)
         self._families = routes.parse_families(settings.routes)
         self._host_policy = guards.HostPolicy(settings.allowed_hosts, settings.allowed_origins)
+        self._links = LinkTranslator(self._upstream_origin, enabled=settings.rewrite_links)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -99,11 +107,13 @@ class ProxyHandler:
         route = routes.resolve(request.raw_path, self._families)
         request["workspace"] = route.workspace
         credential = self._credential_for(route)
+        client_origin = f"http://{host}"
         return Plan(
             route=route,
             credential=credential,
-            client_origin=f"http://{host}",
+            client_origin=client_origin,
             cors_origin=request.headers["Origin"] if cors else None,
+            links=self._links.exchange(client_origin),
         )
 
     def _credential_for(self, route: routes.Route) -> Credential | None:
@@ -132,25 +142,33 @@ class ProxyHandler:
         if plan.credential is not None:
             authorization = "Bearer " + plan.credential.token.reveal()
         headers = upstream_request_headers(request.headers, authorization)
+        plan.links.adjust_request_headers(headers)
         if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = request.content if request.body_exists else None
+        body = await _request_body(request, headers, plan.links)
         url = self._upstream_origin + plan.route.upstream_target
 
         sent = 0
         async with self._upstream.request(request.method, url, headers, body) as upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-            for name, value in client_response_headers(upstream.headers):
-                if name.lower() in _LOCATION_HEADERS:
-                    value = translate_url(value, self._upstream_origin, plan.client_origin)
+            body_rewrite = plan.links.response_body_rewrite(
+                upstream.status,
+                upstream.headers.get("Content-Type"),
+                upstream.headers.get("Content-Encoding"),
+            )
+            response_headers = client_response_headers(upstream.headers)
+            for name, value in plan.links.response_headers(response_headers, body_rewrite):
                 response.headers.add(name, value)
             if plan.cors_origin is not None:
                 response.headers["Access-Control-Allow-Origin"] = plan.cors_origin
                 response.headers.add("Vary", "Origin")
             await response.prepare(request)
 
+            chunks = self._upstream.body(upstream)
+            if body_rewrite is not None:
+                chunks = body_rewrite.apply(chunks)
             try:
-                async for chunk in self._upstream.body(upstream):
+                async for chunk in chunks:
                     await response.write(chunk)
                     sent += len(chunk)
             except UpstreamBrokeOff as error:
@@ -161,6 +179,28 @@ class ProxyHandler:
                 raise ConnectionResetError(error.detail) from error
             await response.write_eof()
         return response, sent
+
+
+async def _request_body(
+    request: web.BaseRequest, headers: CIMultiDict[str], links: Exchange
+) -> bytes | AsyncIterable[bytes] | StreamReader | None:
+    """Return the body to send upstream: the client's stream, or its JSON links translated.
+
+    A rewritten body changes length: a small one is read whole and gets a new
+    `Content-Length`; a large or chunked one is sent chunked.
+    """
+    if not request.body_exists:
+        return None
+    rules = links.request_body_rewrite(headers)
+    if rules is None:
+        return request.content
+    length = request.content_length
+    if length is not None and length <= BUFFERED_REQUEST_MAX:
+        body = rewrite_whole(await request.read(), rules)
+        headers["Content-Length"] = str(len(body))
+        return body
+    headers.popall("Content-Length", None)
+    return rewrite_stream(request.content.iter_any(), rules)
 
 
 def _path_of(request: web.BaseRequest) -> str:

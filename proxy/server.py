@@ -73,7 +73,10 @@ class Proxy:
     async def start(self) -> None:
         await self.upstream.start()
         handler = ProxyHandler(self.settings, self.vaults, self.upstream)
-        server = _ProxyServer(handler, handler_cancellation=True, access_log=None)
+        # auto_decompress=False: a compressed upload is forwarded as sent, with its Content-Encoding.
+        server = _ProxyServer(
+            handler, handler_cancellation=True, access_log=None, auto_decompress=False
+        )
         self._runner = web.ServerRunner(server, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.SockSite(self._runner, bind_socket(self.settings.listen_host, self.settings.listen_port))

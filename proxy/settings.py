@@ -71,6 +71,7 @@ class Settings:
     allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
     allowed_origins: tuple[str, ...] = ()
     access_log: bool = True
+    rewrite_links: bool = True
 
     @property
     def listen(self) -> str:
@@ -92,6 +93,7 @@ CONFIG_KEYS = (
     "allowed_hosts",
     "allowed_origins",
     "access_log",
+    "rewrite_links",
 )
 
 
@@ -132,6 +134,7 @@ def load_settings(flags: Mapping[str, Any], *, read_config: bool = True) -> Sett
         allowed_hosts=_parse_hosts(*value_of("allowed_hosts", [])),
         allowed_origins=_parse_origins(*value_of("allowed_origins", [])),
         access_log=_parse_bool(*value_of("access_log", True)),
+        rewrite_links=_parse_bool(*value_of("rewrite_links", True)),
     )
 
 

@@ -8,7 +8,8 @@ receives, and notes as a violation any request whose token belongs to a
 workspace other than the one the path routes to.
 
 It serves a small workflow runner (OGC API - Processes: processes, execution,
-jobs, results) and a public STAC catalogue root.
+paged jobs, results), a STAC catalogue per workspace (`proxy.standin_stac`)
+and a public STAC catalogue root.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
+
+from proxy import standin_stac
 
 USER_CATALOGS = "/api/catalogue/stac/catalogs/user/catalogs"
 WORKSPACE_FAMILIES = (
@@ -52,6 +55,7 @@ class StandIn:
     received: list[Received] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    job_workspaces: dict[str, str] = field(default_factory=dict)
     public_workspaces: set[str] = field(default_factory=set)
     """Workspaces whose paths accept any valid token, as for a workflow published as public."""
 
@@ -178,9 +182,13 @@ async def _execute(request: web.Request) -> web.Response:
         "processID": request.match_info["process"],
         "status": "running",
         "inputs": inputs,
-        "links": [{"rel": "monitor", "href": f"{base}/jobs/{job_id}"}],
+        "links": [
+            {"rel": "self", "href": f"{base}/jobs/{job_id}"},
+            {"rel": "monitor", "href": f"{base}/jobs/{job_id}"},
+        ],
     }
     standin.jobs[job_id] = job
+    standin.job_workspaces[job_id] = request.match_info["ws"]
     return web.json_response(
         job,
         status=201,
@@ -203,18 +211,40 @@ async def _job(request: web.Request) -> web.Response:
         results = f"{base}/jobs/{job['jobID']}/results"
         job["links"] = [
             {"rel": "self", "href": f"{base}/jobs/{job['jobID']}"},
+            {"rel": "monitor", "href": f"{base}/jobs/{job['jobID']}"},
             {"rel": "http://www.opengis.net/def/rel/ogc/1.0/results", "href": results},
         ]
         shown = job
     return web.json_response(shown)
 
 
+JOBS_PAGE = 2
+
+
 async def _jobs(request: web.Request) -> web.Response:
+    """List jobs a page at a time (`limit`, `skip`), with an absolute `next` link."""
     standin = request.app[STANDIN_KEY]
     base = _base(request)
-    jobs = [{"jobID": job_id, "status": job["status"]} for job_id, job in standin.jobs.items()]
+    try:
+        limit = min(max(int(request.query.getone("limit", JOBS_PAGE)), 1), JOBS_PAGE)
+        skip = max(int(request.query.getone("skip", 0)), 0)
+    except ValueError:
+        raise web.HTTPBadRequest(text="limit and skip must be integers") from None
+    everything = [
+        {
+            "jobID": job_id,
+            "processID": job["processID"],
+            "status": "running" if job["status"] == "_finishing" else job["status"],
+            "links": [{"rel": "monitor", "href": f"{base}/jobs/{job_id}"}],
+        }
+        for job_id, job in standin.jobs.items()
+        if standin.job_workspaces.get(job_id) == request.match_info["ws"]
+    ]
+    links = [{"rel": "self", "href": f"{base}/jobs"}]
+    if skip + limit < len(everything):
+        links.append({"rel": "next", "href": f"{base}/jobs?limit={limit}&skip={skip + limit}"})
     return web.json_response(
-        {"jobs": jobs, "links": [{"rel": "self", "href": f"{base}/jobs"}], "numberTotal": len(jobs)}
+        {"jobs": everything[skip : skip + limit], "links": links, "numberTotal": len(everything)}
     )
 
 
@@ -255,6 +285,7 @@ def build_app(tokens: dict[str, str]) -> web.Application:
     app.router.add_get(user + "/jobs/{job}", _job)
     app.router.add_get(user + "/jobs/{job}/results", _results)
     app.router.add_get("/api/catalogue/stac/", _public_root)
+    standin_stac.add_routes(app, user, _base, lambda request: "")
     return app
 
 

@@ -13,7 +13,7 @@ import functools
 import ipaddress
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +85,7 @@ class Upstream:
         method: str,
         url: str,
         headers: Mapping[str, str],
-        body: aiohttp.StreamReader | None,
+        body: aiohttp.StreamReader | bytes | AsyncIterable[bytes] | None,
     ) -> AsyncIterator[UpstreamResponse]:
         """Send one request to `url` (already encoded; sent byte for byte) and yield the response.
 

@@ -25,6 +25,7 @@ class ProxyProcess:
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.args = args
         self.lines: list[str] = []
+        self._line_added = threading.Condition()
         self._ready = threading.Event()
         self._done = threading.Event()
         self.address = ""
@@ -42,7 +43,9 @@ class ProxyProcess:
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
+            with self._line_added:
+                self.lines.append(line.rstrip("\n"))
+                self._line_added.notify_all()
             found = READY.search(line)
             if found and not self._ready.is_set():
                 self.address = found.group("address")
@@ -56,6 +59,17 @@ class ProxyProcess:
             self.stop()
             raise AssertionError("proxy did not start:\n" + self.output)
         return self
+
+    def wait_for_line(self, needle: str, timeout: float = 10) -> str:
+        """Return the first output line containing `needle`, waiting up to `timeout` seconds."""
+        def find() -> str | None:
+            return next((line for line in self.lines if needle in line), None)
+
+        with self._line_added:
+            self._line_added.wait_for(lambda: find() is not None, timeout)
+        found = find()
+        assert found is not None, f"no line with {needle!r} in:\n{self.output[-2000:]}"
+        return found
 
     @property
     def url(self) -> str:

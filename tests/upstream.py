@@ -4,8 +4,11 @@ streaming, failures and header edge cases, run on loopback in a background threa
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
+import json
 import threading
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -111,12 +114,81 @@ async def _redirect(request: web.Request) -> web.Response:
 
 
 async def _gzip(request: web.Request) -> web.Response:
-    import gzip
-
+    """A gzip-encoded body of the media type in `?type=` (JSON by default)."""
     body = gzip.compress(b'{"hello": "world"}')
+    content_type = request.query.get("type", "application/json")
     return web.Response(
-        body=body, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        body=body, headers={"Content-Encoding": "gzip", "Content-Type": content_type}
     )
+
+
+def links_document(origin: str) -> bytes:
+    """A JSON document linking to `origin` the ways the platform does, plus one foreign link."""
+    return json.dumps(
+        {
+            "links": [
+                {"rel": "self", "href": f"{origin}{PUBLIC}/links"},
+                {"rel": "next", "href": f"{origin}{PUBLIC}/links?page=2&limit=10"},
+                {"rel": "alternate", "href": "https://objects.example.org/bucket/key"},
+                {"rel": "related", "href": f"{origin}:4430/elsewhere"},
+            ],
+            "root": origin,
+        }
+    ).encode()
+
+
+async def _links(request: web.Request) -> web.StreamResponse:
+    """Serve `links_document` with `?type=`, `?encoding=` (gzip, deflate) and `?escaped=1`."""
+    state = request.app[STANDIN_KEY]
+    body = links_document(state.origin)
+    if request.query.get("escaped") == "1":
+        body = body.replace(b"/", b"\\/")
+    encoding = request.query.get("encoding", "identity")
+    if encoding == "gzip":
+        body = gzip.compress(body)
+    elif encoding == "deflate":
+        body = zlib.compress(body)
+    headers = {
+        "Content-Type": request.query.get("type", "application/json"),
+        "Link": f'<{state.origin}{PUBLIC}/links?page=2>; rel="next"',
+        "ETag": '"v1"',
+        "Content-MD5": "bm90LWNoZWNrZWQ=",
+    }
+    if encoding != "identity":
+        headers["Content-Encoding"] = encoding
+    return web.Response(body=body, headers=headers)
+
+
+async def _mirror(request: web.Request) -> web.Response:
+    """Return the request body as received, as octet-stream so the proxy leaves it alone.
+
+    aiohttp decodes a request's `Content-Encoding` before the handler reads it.
+    """
+    body = b"".join([chunk async for chunk in request.content.iter_any()])
+    headers = {
+        "X-Received-Content-Length": request.headers.get("Content-Length", "-"),
+        "X-Received-Transfer-Encoding": request.headers.get("Transfer-Encoding", "-"),
+        "X-Received-Accept-Encoding": request.headers.get("Accept-Encoding", "-"),
+    }
+    return web.Response(body=body, content_type="application/octet-stream", headers=headers)
+
+
+async def _big_json(request: web.Request) -> web.StreamResponse:
+    """Stream a JSON array of about `size` bytes, full of links on the stand-in's origin."""
+    state = request.app[STANDIN_KEY]
+    size = int(request.query["size"])
+    record = json.dumps({"rel": "item", "href": f"{state.origin}{PUBLIC}/items/0000"}).encode()
+    block = b",".join([record] * 1000) + b","
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    await response.write(b"[")
+    written = 0
+    while written < size:
+        await response.write(block)
+        written += len(block)
+    await response.write(record + b"]")
+    await response.write_eof()
+    return response
 
 
 def build_app() -> web.Application:
@@ -131,6 +203,9 @@ def build_app() -> web.Application:
     app.router.add_get(ws + "/headers", _headers)
     app.router.add_get(PUBLIC + "/redirect", _redirect)
     app.router.add_get(PUBLIC + "/gzip", _gzip)
+    app.router.add_route("*", PUBLIC + "/links", _links)
+    app.router.add_route("*", ws + "/mirror", _mirror)
+    app.router.add_get(ws + "/big-json", _big_json)
     return app
 
 

@@ -1,0 +1,181 @@
+"""Apply link translation to one request and its response.
+
+`LinkTranslator` is built once from the settings. For each request it gives
+an `Exchange`, which contains the compiled rules for both directions and adjusts
+headers and bodies:
+
+- Response bodies with a JSON media type are decoded if compressed (gzip or
+  deflate), rewritten, and sent uncompressed and chunked: `Content-Encoding`
+  and `Content-Length` are dropped, a strong `ETag` becomes weak, and digests
+  of the old bytes are dropped. Other bodies pass untouched.
+- `Location` and `Content-Location` are always translated, `Link` only while
+  rewriting is on.
+- JSON request bodies get the reverse translation. A body of known length up
+  to `BUFFERED_REQUEST_MAX` is rewritten whole and keeps a `Content-Length`;
+  a longer or chunked one is streamed upstream chunked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from multidict import CIMultiDict
+
+from proxy.errors import UpstreamBrokeOff
+from proxy.rewrite import (
+    BodyDecoder,
+    DecodeError,
+    LinkRewriter,
+    Rules,
+    Translation,
+    accept_decodable,
+    compile_rules,
+    content_coding,
+    is_json_media_type,
+    rewrite_text,
+    translate_location,
+)
+
+BUFFERED_REQUEST_MAX = 1024 * 1024
+_LOCATION_HEADERS = frozenset({"location", "content-location"})
+# Headers that describe the exact bytes of a body, which rewriting changes.
+_BODY_DIGEST_HEADERS = frozenset({"content-md5", "digest", "content-digest", "repr-digest"})
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+@dataclass(frozen=True, slots=True)
+class BodyRewrite:
+    """The plan for one response body: the coding to decode first ("" for none) and the rules."""
+
+    coding: str
+    rules: Rules
+
+    async def apply(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        """Yield the rewritten body. A body that cannot be decoded raises `UpstreamBrokeOff`."""
+        rewriter = LinkRewriter(self.rules)
+        decoder = BodyDecoder(self.coding) if self.coding else None
+        try:
+            async for chunk in chunks:
+                for piece in decoder.feed(chunk) if decoder is not None else (chunk,):
+                    output = rewriter.feed(piece)
+                    if output:
+                        yield output
+            if decoder is not None:
+                for piece in decoder.finish():
+                    output = rewriter.feed(piece)
+                    if output:
+                        yield output
+        except DecodeError as exc:
+            raise UpstreamBrokeOff(
+                f"the upstream sent a JSON body that cannot be decoded: {exc}",
+                metric_kind="decode",
+            ) from exc
+        tail = rewriter.finish()
+        if tail:
+            yield tail
+
+
+class LinkTranslator:
+    """Translation settings for the whole proxy. `exchange` returns the rules for one request."""
+
+    def __init__(self, upstream_origin: str, *, enabled: bool) -> None:
+        self.upstream_origin = upstream_origin
+        self.enabled = enabled
+
+    def exchange(self, client_origin: str, path_prefix: str = "") -> Exchange:
+        """Return the rules for a request the client sent to `client_origin` + `path_prefix`."""
+        to_client = compile_rules(
+            (Translation(self.upstream_origin, client_origin + path_prefix),)
+        )
+        to_upstream_list = [Translation(client_origin, self.upstream_origin)]
+        if path_prefix:
+            to_upstream_list.insert(
+                0, Translation(client_origin + path_prefix, self.upstream_origin)
+            )
+        return Exchange(
+            enabled=self.enabled,
+            to_client=to_client,
+            to_upstream=compile_rules(tuple(to_upstream_list)),
+            path_prefix=path_prefix,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """The translation rules for one request, in both directions."""
+
+    enabled: bool
+    to_client: Rules
+    to_upstream: Rules
+    path_prefix: str
+    """The client-side path prefix a relative `Location` gets (such as a mount)."""
+
+    def adjust_request_headers(self, headers: CIMultiDict[str]) -> None:
+        """Ask only for codings the proxy can decode, so every JSON response can be rewritten."""
+        if not self.enabled or "Accept-Encoding" not in headers:
+            return
+        value = accept_decodable(", ".join(headers.getall("Accept-Encoding")))
+        headers.popall("Accept-Encoding")
+        if value is not None:
+            headers["Accept-Encoding"] = value
+
+    def request_body_rewrite(self, headers: CIMultiDict[str]) -> Rules | None:
+        """Return the rules for a JSON request body, or None to send it untouched."""
+        if not self.enabled or not is_json_media_type(headers.get("Content-Type")):
+            return None
+        if content_coding(headers.get("Content-Encoding")) != "":
+            return None
+        return self.to_upstream
+
+    def response_body_rewrite(
+        self, status: int, content_type: str | None, content_encoding: str | None
+    ) -> BodyRewrite | None:
+        """Decide whether a response body is rewritten, from its status and headers.
+
+        A HEAD response gets the same decision as GET, so its headers match.
+        """
+        if not self.enabled or not is_json_media_type(content_type):
+            return None
+        if status in _NO_BODY_STATUSES or status == 206 or status < 200:
+            return None
+        coding = content_coding(content_encoding)
+        if coding is None:
+            return None
+        return BodyRewrite(coding=coding, rules=self.to_client)
+
+    def response_headers(
+        self, headers: Iterable[tuple[str, str]], body: BodyRewrite | None
+    ) -> Iterable[tuple[str, str]]:
+        """Yield the response headers with links translated and body headers made to agree."""
+        for name, value in headers:
+            lower = name.lower()
+            if lower in _LOCATION_HEADERS:
+                value = translate_location(value, self.to_client, self.path_prefix)
+            elif lower == "link" and self.enabled:
+                value = rewrite_text(value, self.to_client)
+            elif body is not None:
+                if lower == "content-length" or lower in _BODY_DIGEST_HEADERS:
+                    continue
+                if lower == "content-encoding" and body.coding:
+                    continue
+                if lower == "etag" and not value.startswith("W/"):
+                    value = "W/" + value
+            yield name, value
+
+
+async def rewrite_stream(chunks: AsyncIterable[bytes], rules: Rules) -> AsyncIterator[bytes]:
+    """Yield `chunks` rewritten by `rules`, with the held-back tail at the end."""
+    rewriter = LinkRewriter(rules)
+    async for chunk in chunks:
+        output = rewriter.feed(chunk)
+        if output:
+            yield output
+    tail = rewriter.finish()
+    if tail:
+        yield tail
+
+
+def rewrite_whole(body: bytes, rules: Rules) -> bytes:
+    rewriter = LinkRewriter(rules)
+    return rewriter.feed(body) + rewriter.finish()

@@ -1,0 +1,236 @@
+"""Link translation through the proxy process: JSON bodies, headers, codings, request bodies."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from proxy.standin import USER_CATALOGS
+from tests.conftest import ProxyProcess, raw_request
+from tests.upstream import PUBLIC, UpstreamServer, links_document
+
+
+def expected_links(client: str, upstream: UpstreamServer) -> dict:
+    """`links_document` as the client should see it: upstream links moved to `client`."""
+    document = json.loads(links_document(upstream.origin))
+    for link in document["links"][:2]:
+        link["href"] = link["href"].replace(upstream.origin, client)
+    document["root"] = client
+    return document
+
+
+@pytest.fixture(scope="module")
+def unrewritten_proxy(
+    upstream: UpstreamServer, vault_file: Path, isolated_env: dict[str, str], tmp_path_factory
+) -> Iterator[ProxyProcess]:
+    config = tmp_path_factory.mktemp("config") / "config.yaml"
+    config.write_text("rewrite_links: false\n")
+    process = ProxyProcess(
+        ["serve", "--config", str(config), "--listen", "127.0.0.1:0",
+         "--upstream", upstream.origin, "--vault", str(vault_file)],
+        env=isolated_env,
+    ).wait_ready()
+    yield process
+    process.stop()
+
+
+def test_json_links_point_at_proxy(proxy: ProxyProcess, upstream: UpstreamServer) -> None:
+    response = requests.get(f"{proxy.url}{PUBLIC}/links", timeout=10)
+    assert response.json() == expected_links(proxy.url, upstream)
+
+
+def test_links_follow_host_client_sent(proxy: ProxyProcess, upstream: UpstreamServer) -> None:
+    client = f"http://localhost:{proxy.port}"
+    response = requests.get(f"{client}{PUBLIC}/links", timeout=10)
+    assert response.json() == expected_links(client, upstream)
+
+
+def test_foreign_and_other_port_links_untouched(proxy: ProxyProcess) -> None:
+    links = requests.get(f"{proxy.url}{PUBLIC}/links", timeout=10).json()["links"]
+    assert links[2]["href"] == "https://objects.example.org/bucket/key"
+    assert links[3]["href"].endswith(":4430/elsewhere")
+    assert not links[3]["href"].startswith(proxy.url)
+
+
+def test_escaped_slashes_translated(proxy: ProxyProcess, upstream: UpstreamServer) -> None:
+    response = requests.get(f"{proxy.url}{PUBLIC}/links?escaped=1", timeout=10)
+    escaped_self = f"{proxy.url}{PUBLIC}/links".replace("/", "\\/")
+    assert f'"href": "{escaped_self}"'.encode() in response.content
+    assert response.json() == expected_links(proxy.url, upstream)
+
+
+@pytest.mark.parametrize("media_type", ["application/geo+json", "application/problem+json",
+                                        "application/vnd.oai.openapi+json;version=3.0"])
+def test_json_family_types_translated(
+    proxy: ProxyProcess, upstream: UpstreamServer, media_type: str
+) -> None:
+    response = requests.get(f"{proxy.url}{PUBLIC}/links", params={"type": media_type}, timeout=10)
+    assert response.json() == expected_links(proxy.url, upstream)
+
+
+@pytest.mark.parametrize("media_type", ["text/plain", "application/octet-stream", "text/html"])
+def test_non_json_body_untouched(
+    proxy: ProxyProcess, upstream: UpstreamServer, media_type: str
+) -> None:
+    response = requests.get(f"{proxy.url}{PUBLIC}/links", params={"type": media_type}, timeout=10)
+    assert response.content == links_document(upstream.origin)
+    assert response.headers["Content-Length"] == str(len(response.content))
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_compressed_json_decoded_and_translated(
+    proxy: ProxyProcess, upstream: UpstreamServer, encoding: str
+) -> None:
+    response = requests.get(
+        f"{proxy.url}{PUBLIC}/links", params={"encoding": encoding}, stream=True, timeout=10
+    )
+    raw = response.raw.read(decode_content=False)
+    assert "Content-Encoding" not in response.headers
+    assert json.loads(raw) == expected_links(proxy.url, upstream)
+
+
+def test_rewritten_body_sent_chunked(proxy: ProxyProcess) -> None:
+    reply = raw_request(
+        proxy.port,
+        f"GET {PUBLIC}/links HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode(),
+    )
+    head = reply.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"transfer-encoding: chunked" in head
+    assert b"content-length" not in head
+
+
+def test_body_headers_made_to_agree(proxy: ProxyProcess) -> None:
+    response = requests.get(f"{proxy.url}{PUBLIC}/links", timeout=10)
+    assert response.headers["ETag"] == 'W/"v1"'
+    assert "Content-MD5" not in response.headers
+
+
+def test_head_headers_match_get(proxy: ProxyProcess) -> None:
+    head = requests.head(f"{proxy.url}{PUBLIC}/links?encoding=gzip", timeout=10)
+    assert head.status_code == 200
+    assert "Content-Length" not in head.headers
+    assert "Content-Encoding" not in head.headers
+
+
+def test_link_header_translated(proxy: ProxyProcess) -> None:
+    response = requests.get(f"{proxy.url}{PUBLIC}/links", timeout=10)
+    assert response.headers["Link"] == f'<{proxy.url}{PUBLIC}/links?page=2>; rel="next"'
+
+
+def test_accept_encoding_limited_to_decodable(proxy: ProxyProcess) -> None:
+    response = requests.post(
+        f"{proxy.url}{USER_CATALOGS}/alpha-ws/mirror",
+        headers={"Accept-Encoding": "br, zstd, gzip;q=0.5"},
+        timeout=10,
+    )
+    assert response.headers["X-Received-Accept-Encoding"] == "gzip;q=0.5"
+
+
+def test_request_json_links_point_upstream(proxy: ProxyProcess, upstream: UpstreamServer) -> None:
+    sent = {"inputs": {"item": f"{proxy.url}{PUBLIC}/items/1", "other": "https://example.org/x"}}
+    response = requests.post(f"{proxy.url}{USER_CATALOGS}/alpha-ws/mirror", json=sent, timeout=10)
+    received = json.loads(response.content)
+    assert received["inputs"]["item"] == f"{upstream.origin}{PUBLIC}/items/1"
+    assert received["inputs"]["other"] == "https://example.org/x"
+    assert response.headers["X-Received-Content-Length"] == str(len(response.content))
+
+
+def test_large_request_json_streamed_chunked(
+    proxy: ProxyProcess, upstream: UpstreamServer
+) -> None:
+    link = f'"{proxy.url}{PUBLIC}/items/1"'
+    body = ("[" + ",".join([link] * 60_000) + "]").encode()
+    assert len(body) > 1024 * 1024
+    response = requests.post(
+        f"{proxy.url}{USER_CATALOGS}/alpha-ws/mirror",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    received = json.loads(response.content)
+    assert len(received) == 60_000
+    assert set(received) == {f"{upstream.origin}{PUBLIC}/items/1"}
+    assert response.headers["X-Received-Transfer-Encoding"] == "chunked"
+
+
+def test_non_json_request_body_untouched(proxy: ProxyProcess) -> None:
+    body = f"{proxy.url}{PUBLIC}/items/1".encode()
+    response = requests.post(
+        f"{proxy.url}{USER_CATALOGS}/alpha-ws/mirror",
+        data=body,
+        headers={"Content-Type": "text/plain"},
+        timeout=10,
+    )
+    assert response.content == body
+
+
+def test_gzip_request_body_untouched(proxy: ProxyProcess) -> None:
+    document = json.dumps({"href": f"{proxy.url}/x"}).encode()
+    response = requests.post(
+        f"{proxy.url}{USER_CATALOGS}/alpha-ws/mirror",
+        data=gzip.compress(document),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        timeout=10,
+    )
+    assert response.content == document
+
+
+def test_rewriting_off_leaves_bodies(
+    unrewritten_proxy: ProxyProcess, upstream: UpstreamServer
+) -> None:
+    response = requests.get(f"{unrewritten_proxy.url}{PUBLIC}/links", timeout=10)
+    assert response.content == links_document(upstream.origin)
+    assert response.headers["Link"] == f'<{upstream.origin}{PUBLIC}/links?page=2>; rel="next"'
+
+
+def test_rewriting_off_still_translates_location(unrewritten_proxy: ProxyProcess) -> None:
+    response = requests.get(
+        f"{unrewritten_proxy.url}{PUBLIC}/redirect", allow_redirects=False, timeout=10
+    )
+    assert response.headers["Location"] == f"{unrewritten_proxy.url}{PUBLIC}/"
+
+
+def test_rewriting_off_passes_accept_encoding(unrewritten_proxy: ProxyProcess) -> None:
+    response = requests.post(
+        f"{unrewritten_proxy.url}{USER_CATALOGS}/alpha-ws/mirror",
+        headers={"Accept-Encoding": "br, gzip"},
+        timeout=10,
+    )
+    assert response.headers["X-Received-Accept-Encoding"] == "br, gzip"
+
+
+def test_large_json_keeps_memory_bounded(
+    upstream: UpstreamServer, vault_file: Path, isolated_env: dict[str, str]
+) -> None:
+    """40 MiB of JSON links through the rewriter raises the proxy's peak RSS by far less."""
+    process = ProxyProcess(
+        ["serve", "--listen", "127.0.0.1:0", "--upstream", upstream.origin,
+         "--vault", str(vault_file)],
+        env=isolated_env,
+    ).wait_ready()
+    try:
+        requests.get(f"{process.url}{PUBLIC}/links", timeout=10)
+        before = process.rss_peak_kib()
+        size = 40 * 1024 * 1024
+        translated = 0
+        received = 0
+        with requests.get(
+            f"{process.url}{USER_CATALOGS}/alpha-ws/big-json?size={size}", stream=True, timeout=60
+        ) as response:
+            tail = b""
+            for chunk in response.iter_content(256 * 1024):
+                received += len(chunk)
+                window = tail + chunk
+                translated += window.count(process.url.encode()) - tail.count(process.url.encode())
+                tail = window[-64:]
+        growth_mib = (process.rss_peak_kib() - before) / 1024
+    finally:
+        process.stop()
+    assert received > size
+    assert translated > 200_000
+    assert growth_mib < 24, f"peak RSS grew by {growth_mib:.1f} MiB"
