@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import io
 import os
 import re
 import signal
@@ -176,3 +178,18 @@ def raw_request(port: int, data: bytes, *, read_timeout: float = 10) -> bytes:
                 break
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+class _ReplySocket:
+    def __init__(self, data: bytes) -> None:
+        self._file = io.BytesIO(data)
+
+    def makefile(self, *args: object, **kwargs: object) -> io.BytesIO:
+        return self._file
+
+
+def response_body(reply: bytes) -> bytes:
+    """Return the body of a raw HTTP/1.1 response, with chunked framing removed."""
+    response = http.client.HTTPResponse(_ReplySocket(reply))  # type: ignore[arg-type]
+    response.begin()
+    return response.read()

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from proxy.standin import USER_CATALOGS
-from tests.conftest import ProxyProcess, raw_request
+from tests.conftest import ProxyProcess, raw_request, response_body
 from tests.upstream import TOKENS, UpstreamServer
 
 
@@ -279,4 +279,4 @@ def test_expect_continue_answered_before_body(proxy: ProxyProcess, upstream: Ups
         while chunk := sock.recv(65536):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
-    assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["size"] == 5
+    assert json.loads(response_body(reply))["size"] == 5
