@@ -1,4 +1,4 @@
-"""The command line: `eodh-proxy serve`, `eodh-proxy demo`.
+"""The command line: `eodh-proxy serve`, `demo` and `vault add|list|remove`.
 
 This module parses arguments, builds settings and hands over; a `ConfigError`
 from anywhere below becomes one line on standard error and exit status 2.
@@ -52,7 +52,52 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address the demo proxy listens on (default: %(default)s)",
     )
+    add_vault_commands(commands)
     return parser
+
+
+def add_vault_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    vault = commands.add_parser(
+        "vault",
+        help="add, list or remove workspace tokens in the vault",
+        description="Manage the token vault. Changes are written atomically with mode 0600; "
+        "a running proxy loads them without a restart.",
+    )
+    actions = vault.add_subparsers(dest="vault_command", metavar="ACTION", required=True)
+
+    add = actions.add_parser(
+        "add",
+        help="add or replace a workspace's token, read from standard input",
+        description="Add WORKSPACE's token to the vault, or replace it. The token is read "
+        "from standard input (a hidden prompt on a terminal), never from an argument.",
+    )
+    add.add_argument("workspace", metavar="WORKSPACE", help="workspace name, as in EODH URLs")
+    add.add_argument(
+        "--expires",
+        metavar="DATE",
+        help="when the token expires: a date (2027-01-31) or an ISO 8601 timestamp "
+        "(default: not recorded)",
+    )
+    list_ = actions.add_parser(
+        "list", help="show workspaces, token fingerprints and expiry; never tokens"
+    )
+    remove = actions.add_parser("remove", help="remove a workspace's token from the vault")
+    remove.add_argument("workspace", metavar="WORKSPACE", help="workspace name")
+    for action in (add, list_, remove):
+        add_vault_flags(action)
+
+
+def add_vault_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--vault",
+        metavar="FILE",
+        help=f"vault file (default: the config file's 'vault', else {default_vault_path()})",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"config file naming the vault (default: {default_config_path()} when it exists)",
+    )
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from proxy.demo import run_demo
 
             return run_demo(args.listen)
+        if args.command == "vault":
+            return _vault(args)
     except ConfigError as error:
         print(f"eodh-proxy: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -109,3 +156,14 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings(flags)
     serve(settings)
     return 0
+
+
+def _vault(args: argparse.Namespace) -> int:
+    from proxy import vaultcmd
+
+    vault_path = load_settings({"config": args.config, "vault": args.vault}).vault_path
+    if args.vault_command == "add":
+        return vaultcmd.add(vault_path, args.workspace, args.expires, sys.stdin)
+    if args.vault_command == "remove":
+        return vaultcmd.remove(vault_path, args.workspace)
+    return vaultcmd.list_entries(vault_path)

@@ -123,7 +123,7 @@ def log_startup(proxy: Proxy) -> None:
     log.info("listening on http://%s:%d", host, proxy.port)
     log.info("upstream %s", settings.upstream)
     log.info("vault %s: workspaces %s", vault.path, ", ".join(vault.workspaces) or "(none)")
-    for warning in vault_warnings(vault):
+    for warning in (*vault.warnings, *vault_warnings(vault)):
         log.warning("%s", warning)
 
 

@@ -60,7 +60,11 @@ def load_mapping(path: Path, what: str) -> LinedDict:
         raise ConfigError(f"{path}: expected a {what} file, found a directory") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read {what} file: {_reason(exc)}") from None
+    return parse_mapping(text, path, what)
 
+
+def parse_mapping(text: str, path: Path, what: str) -> LinedDict:
+    """Parse `text` as `load_mapping` does; `path` and `what` are only used in errors."""
     try:
         data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
@@ -78,6 +82,11 @@ def load_mapping(path: Path, what: str) -> LinedDict:
             f"{path}, line 1: expected a mapping of keys to values, found {type_name(data)}"
         )
     return data
+
+
+def parse_text(text: str) -> Any:
+    """Parse YAML text as `load_mapping` does (duplicate keys rejected); errors pass through."""
+    return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def type_name(value: object) -> str:

@@ -54,6 +54,8 @@ class ProxyProcess:
                 self._ready.set()
         self._done.set()
         self._ready.set()
+        with self._line_added:
+            self._line_added.notify_all()
 
     def wait_ready(self, timeout: float = 15) -> ProxyProcess:
         self._ready.wait(timeout)
@@ -62,13 +64,17 @@ class ProxyProcess:
             raise AssertionError("proxy did not start:\n" + self.output)
         return self
 
-    def wait_for_line(self, needle: str, timeout: float = 10) -> str:
-        """Return the first output line containing `needle`, waiting up to `timeout` seconds."""
+    def wait_for_line(self, needle: str, timeout: float = 10, *, after: int = 0) -> str:
+        """Return the first output line containing `needle`, waiting up to `timeout` seconds.
+
+        Lines before index `after` are skipped; pass `len(process.lines)` to wait for a new one.
+        The wait ends early when the process exits.
+        """
         def find() -> str | None:
-            return next((line for line in self.lines if needle in line), None)
+            return next((line for line in self.lines[after:] if needle in line), None)
 
         with self._line_added:
-            self._line_added.wait_for(lambda: find() is not None, timeout)
+            self._line_added.wait_for(lambda: find() is not None or self._done.is_set(), timeout)
         found = find()
         assert found is not None, f"no line with {needle!r} in:\n{self.output[-2000:]}"
         return found
