@@ -113,7 +113,7 @@ class ProxyHandler:
             credential=credential,
             client_origin=client_origin,
             cors_origin=request.headers["Origin"] if cors else None,
-            links=self._links.exchange(client_origin),
+            links=self._links.exchange(client_origin, route.mount),
         )
 
     def _credential_for(self, route: routes.Route) -> Credential | None:
@@ -121,8 +121,9 @@ class ProxyHandler:
             return None
         vault = self._vaults.vault
         credential = vault.get(route.workspace)
-        if credential is None and self._settings.default_workspace is not None:
-            credential = vault.get(self._settings.default_workspace)
+        fallback = self._settings.default_workspace
+        if credential is None and fallback is not None and not route.chosen_explicitly:
+            credential = vault.get(fallback)
         if credential is None:
             raise NoToken(
                 f"no token for workspace {route.workspace!r} in vault {vault.path}; add one "

@@ -13,6 +13,10 @@ Rules this module keeps:
    characters outside RFC 3986's path grammar.
 3. The target is forwarded byte for byte. Nothing here re-encodes or decodes
    what goes upstream: `Route.upstream_target` is a slice of the raw target.
+4. A workspace mount, `/as/<workspace>/<path>`, is a deliberate choice of
+   token: `<path>` goes to the API upstream with that workspace's token,
+   whatever workspace `<path>` names. Rules 1 and 2 apply to the whole target,
+   and the mount segments must read the same both ways.
 
 Everything here is pure: no I/O, no vault, no settings object.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import Enum
 from urllib.parse import unquote
 
 from proxy.errors import PathRejected
@@ -34,6 +39,10 @@ DEFAULT_FAMILIES = (
     "/workspaces",
 )
 
+MOUNT_SEGMENT = "as"
+# First path segments the proxy reserves for itself. No route family may start with one.
+RESERVED_SEGMENTS = (MOUNT_SEGMENT,)
+
 # RFC 3986 pchar plus "/": unreserved, sub-delims, ":", "@" and percent escapes.
 _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*\Z")
 # A query is forwarded as sent; only characters that can never be in one are rejected.
@@ -44,15 +53,29 @@ _PERCENT_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _UNSAFE_ESCAPE = re.compile(r"%(?:2[Ff]|5[Cc]|25|[01][0-9A-Fa-f]|7[Ff])")
 
 
+class UpstreamKind(Enum):
+    """The upstream a route goes to."""
+
+    API = "api"
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """What the proxy decided for one request target."""
 
     family: str | None
-    """The route family prefix that matched, or None for a path that names no workspace."""
+    """The route family or mount prefix that matched, or None for a path that names no workspace."""
     workspace: str | None
     upstream_target: str
     """The raw path and query to send upstream, byte for byte as received."""
+    mount: str = ""
+    """The client-side prefix cut off before forwarding, such as `/as/my-ws`, or ""."""
+    kind: UpstreamKind = UpstreamKind.API
+
+    @property
+    def chosen_explicitly(self) -> bool:
+        """Whether the path names whose token to use, so the default workspace is never used instead."""
+        return bool(self.mount)
 
 
 def parse_families(prefixes: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
@@ -72,6 +95,8 @@ def check_family_prefix(prefix: str) -> str | None:
     segments = prefix[1:].split("/")
     if any(segment in ("", ".", "..") for segment in segments):
         return "it must not hold empty, '.' or '..' segments"
+    if segments[0] in RESERVED_SEGMENTS:
+        return f"'/{segments[0]}' is reserved for workspace mounts"
     return None
 
 
@@ -95,7 +120,19 @@ def resolve(target: str, families: tuple[tuple[str, ...], ...]) -> Route:
     family, workspace = raw_reading
     if workspace is not None and not WORKSPACE_NAME.match(workspace):
         raise PathRejected(f"invalid workspace name in path (expected {WORKSPACE_NAME_RULE})")
-    family_prefix = "/" + "/".join(family) if family is not None else None
+    if family is None or workspace is None:
+        if raw_segments[0] in RESERVED_SEGMENTS:
+            raise PathRejected(
+                f"'/{raw_segments[0]}' starts a workspace mount and must be followed by a "
+                f"workspace name: /{raw_segments[0]}/<workspace>/<path>"
+            )
+        return Route(family=None, workspace=None, upstream_target=target)
+    family_prefix = "/" + "/".join(family)
+    if family == (MOUNT_SEGMENT,):
+        mount = f"{family_prefix}/{workspace}"
+        rest = target[len(mount) :]
+        upstream_target = rest if rest.startswith("/") else "/" + rest
+        return Route(family_prefix, workspace, upstream_target, mount=mount)
     return Route(family=family_prefix, workspace=workspace, upstream_target=target)
 
 
@@ -143,7 +180,7 @@ def _strict_segments(path: str) -> list[str]:
 def _match(
     segments: list[str], families: tuple[tuple[str, ...], ...]
 ) -> tuple[tuple[str, ...] | None, str | None]:
-    for family in families:
+    for family in ((MOUNT_SEGMENT,), *families):
         size = len(family)
         if len(segments) > size and tuple(segments[:size]) == family and segments[size]:
             return family, segments[size]

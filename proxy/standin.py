@@ -8,8 +8,9 @@ receives, and notes as a violation any request whose token belongs to a
 workspace other than the one the path routes to.
 
 It serves a small workflow runner (OGC API - Processes: processes, execution,
-paged jobs, results), a STAC catalogue per workspace (`proxy.standin_stac`)
-and a public STAC catalogue root.
+paged jobs, results), a STAC catalogue per workspace (`proxy.standin_stac`),
+commercial-data quotes and orders (no workspace in the path: the workspace is
+the token's) and a public STAC catalogue root.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from aiohttp import web
 from proxy import standin_stac
 
 USER_CATALOGS = "/api/catalogue/stac/catalogs/user/catalogs"
+COMMERCIAL_CATALOGS = "/api/catalogue/stac/catalogs/commercial/catalogs"
 WORKSPACE_FAMILIES = (
     USER_CATALOGS,
     "/api/workspaces",
@@ -261,6 +263,48 @@ async def _results(request: web.Request) -> web.Response:
     )
 
 
+def _token_workspace(request: web.Request) -> str | None:
+    standin = request.app[STANDIN_KEY]
+    authorization = request.headers.getall("Authorization", [])
+    if len(authorization) != 1 or not authorization[0].startswith("Bearer "):
+        return None
+    return standin.workspace_of_token(authorization[0][len("Bearer ") :])
+
+
+async def _commercial(request: web.Request) -> web.Response:
+    """Quote or order a commercial item for the workspace the token belongs to."""
+    standin = request.app[STANDIN_KEY]
+    workspace = _token_workspace(request)
+    if workspace is None:
+        return web.Response(status=401, text="authorization header missing")
+    item = request.match_info
+    item_url = (
+        f"{standin.origin}{COMMERCIAL_CATALOGS}/{item['catalog']}/collections/"
+        f"{item['collection']}/items/{item['item']}"
+    )
+    if item["action"] == "quote":
+        return web.json_response(
+            {
+                "value": 42.5,
+                "units": "GBP",
+                "workspace": workspace,
+                "links": [
+                    {"rel": "item", "href": item_url},
+                    {"rel": "order", "href": f"{item_url}/order", "method": "POST"},
+                ],
+            }
+        )
+    ordered = (
+        f"{standin.origin}{USER_CATALOGS}/{workspace}/catalogs/commercial-data/catalogs/"
+        f"{item['catalog']}/collections/{item['collection']}/items/{item['item']}"
+    )
+    return web.json_response(
+        {"status": "ordered", "workspace": workspace, "links": [{"rel": "ordered", "href": ordered}]},
+        status=201,
+        headers={"Location": ordered},
+    )
+
+
 async def _public_root(request: web.Request) -> web.Response:
     standin = request.app[STANDIN_KEY]
     return web.json_response(
@@ -285,6 +329,11 @@ def build_app(tokens: dict[str, str]) -> web.Application:
     app.router.add_get(user + "/jobs/{job}", _job)
     app.router.add_get(user + "/jobs/{job}/results", _results)
     app.router.add_get("/api/catalogue/stac/", _public_root)
+    app.router.add_post(
+        COMMERCIAL_CATALOGS
+        + "/{catalog}/collections/{collection}/items/{item}/{action:quote|order}",
+        _commercial,
+    )
     standin_stac.add_routes(app, user, _base, lambda request: "")
     return app
 

@@ -106,6 +106,7 @@ async def _redirect(request: web.Request) -> web.Response:
     location = {
         "same": f"{state.origin}{PUBLIC}/",
         "other": "https://objects.example.org/bucket/key?X-Sig=abc",
+        "relative": f"{PUBLIC}/",
     }[target]
     return web.Response(
         status=302,
