@@ -15,6 +15,7 @@ from proxy.errors import ConfigError
 from proxy.log import configure
 from proxy.settings import (
     DEFAULT_LISTEN,
+    DEFAULT_FILES_UPSTREAM,
     DEFAULT_UPSTREAM,
     default_config_path,
     default_vault_path,
@@ -121,6 +122,12 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="PEM file of extra CA certificates to trust for the upstream (default: none)",
     )
+    parser.add_argument(
+        "--files-upstream",
+        metavar="URL",
+        help="URL template of a workspace's files host, with {workspace} as a host label or "
+        f"path segment (default: {DEFAULT_FILES_UPSTREAM})",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,6 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
         "upstream": args.upstream,
         "vault": args.vault,
         "ca_bundle": args.ca_bundle,
+        "files_upstream": args.files_upstream,
     }
     settings = load_settings(flags)
     serve(settings)

@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy import standin
+from proxy.standin_files import build_files_app
 from proxy.log import log
 from proxy.server import Proxy, log_startup
 from proxy.settings import load_settings
@@ -28,13 +29,13 @@ def run_demo(listen: str) -> int:
 async def _demo(listen: str, folder: Path) -> None:
     tokens = {name: secrets.token_urlsafe(24) for name in DEMO_WORKSPACES}
     app = standin.build_app(tokens)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    upstream = f"http://127.0.0.1:{port}"
+    runner, upstream = await _start_on_loopback(app)
     app[standin.STANDIN_KEY].origin = upstream
+    files_runner, files_origin = await _start_on_loopback(
+        build_files_app(app[standin.STANDIN_KEY])
+    )
+    files_upstream = files_origin + "/{workspace}"
+    app[standin.STANDIN_KEY].files_template = files_upstream
 
     vault_path = folder / "vault.yaml"
     vault_path.write_text(
@@ -44,7 +45,13 @@ async def _demo(listen: str, folder: Path) -> None:
     vault_path.chmod(0o600)
     # The demo ignores the user's config file: it must work the same on every machine.
     settings = load_settings(
-        {"listen": listen, "upstream": upstream, "vault": str(vault_path)}, read_config=False
+        {
+            "listen": listen,
+            "upstream": upstream,
+            "vault": str(vault_path),
+            "files_upstream": files_upstream,
+        },
+        read_config=False,
     )
     proxy = Proxy(settings, load_vault(vault_path))
     try:
@@ -60,6 +67,16 @@ async def _demo(listen: str, folder: Path) -> None:
         log.info("stopping")
         await proxy.stop()
         await runner.cleanup()
+        await files_runner.cleanup()
+
+
+async def _start_on_loopback(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
 
 
 def _print_instructions(listen: str, upstream: str) -> None:

@@ -59,7 +59,9 @@ class ProxyHandler:
         self._upstream_origin = str(settings.upstream)
         self._families = routes.parse_families(settings.routes)
         self._host_policy = guards.HostPolicy(settings.allowed_hosts, settings.allowed_origins)
-        self._links = LinkTranslator(self._upstream_origin, enabled=settings.rewrite_links)
+        self._links = LinkTranslator(
+            self._upstream_origin, settings.files_upstream, enabled=settings.rewrite_links
+        )
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
@@ -113,7 +115,7 @@ class ProxyHandler:
             credential=credential,
             client_origin=client_origin,
             cors_origin=request.headers["Origin"] if cors else None,
-            links=self._links.exchange(client_origin, route.mount),
+            links=self._links.exchange(client_origin, route),
         )
 
     def _credential_for(self, route: routes.Route) -> Credential | None:
@@ -147,7 +149,7 @@ class ProxyHandler:
         if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = await _request_body(request, headers, plan.links)
-        url = self._upstream_origin + plan.route.upstream_target
+        url = routes.upstream_url(plan.route, self._upstream_origin, self._settings.files_upstream)
 
         sent = 0
         async with self._upstream.request(request.method, url, headers, body) as upstream:

@@ -9,7 +9,10 @@ headers and bodies:
   and `Content-Length` are dropped, a strong `ETag` becomes weak, and digests
   of the old bytes are dropped. Other bodies pass untouched.
 - `Location` and `Content-Location` are always translated, `Link` only while
-  rewriting is on.
+  rewriting is on. Under a mount or `/files-of/`, a relative `Location` is read
+  against that route's upstream and translated like an absolute one.
+- Links to any workspace's files host become `/files-of/<workspace>/...` on the
+  proxy. Links to the API upstream get the mount prefix, if the request had one.
 - JSON request bodies get the reverse translation. A body of known length up
   to `BUFFERED_REQUEST_MAX` is rewritten whole and keeps a `Content-Length`;
   a longer or chunked one is streamed upstream chunked.
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
 from proxy.errors import UpstreamBrokeOff
+from proxy.routes import FILES_SEGMENT, WORKSPACE_PLACEHOLDER, Route, UpstreamKind, files_base
 from proxy.rewrite import (
     BodyDecoder,
     DecodeError,
@@ -79,26 +84,35 @@ class BodyRewrite:
 class LinkTranslator:
     """Translation settings for the whole proxy. `exchange` returns the rules for one request."""
 
-    def __init__(self, upstream_origin: str, *, enabled: bool) -> None:
+    def __init__(self, upstream_origin: str, files_upstream: str, *, enabled: bool) -> None:
         self.upstream_origin = upstream_origin
+        self.files_upstream = files_upstream
         self.enabled = enabled
 
-    def exchange(self, client_origin: str, path_prefix: str = "") -> Exchange:
-        """Return the rules for a request the client sent to `client_origin` + `path_prefix`."""
-        to_client = compile_rules(
-            (Translation(self.upstream_origin, client_origin + path_prefix),)
+    def exchange(self, client_origin: str, route: Route) -> Exchange:
+        """Return the rules for `route`, requested from the proxy at `client_origin`."""
+        files_on_proxy = f"{client_origin}/{FILES_SEGMENT}/{WORKSPACE_PLACEHOLDER}"
+        api_prefix = route.mount if route.kind is UpstreamKind.API else ""
+        to_client = (
+            Translation(self.files_upstream, files_on_proxy),
+            Translation(self.upstream_origin, client_origin + api_prefix),
         )
-        to_upstream_list = [Translation(client_origin, self.upstream_origin)]
-        if path_prefix:
-            to_upstream_list.insert(
-                0, Translation(client_origin + path_prefix, self.upstream_origin)
-            )
+        to_upstream = [Translation(files_on_proxy, self.files_upstream)]
+        if api_prefix:
+            to_upstream.append(Translation(client_origin + api_prefix, self.upstream_origin))
+        to_upstream.append(Translation(client_origin, self.upstream_origin))
         return Exchange(
             enabled=self.enabled,
-            to_client=to_client,
-            to_upstream=compile_rules(tuple(to_upstream_list)),
-            path_prefix=path_prefix,
+            to_client=compile_rules(to_client),
+            to_upstream=compile_rules(tuple(to_upstream)),
+            relative_base=self._origin_of(route) if route.mount else "",
         )
+
+    def _origin_of(self, route: Route) -> str:
+        if route.kind is UpstreamKind.FILES and route.workspace is not None:
+            parts = urlsplit(files_base(self.files_upstream, route.workspace))
+            return f"{parts.scheme}://{parts.netloc}"
+        return self.upstream_origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +122,8 @@ class Exchange:
     enabled: bool
     to_client: Rules
     to_upstream: Rules
-    path_prefix: str
-    """The client-side path prefix a relative `Location` gets (such as a mount)."""
+    relative_base: str
+    """The upstream origin a relative `Location` is read against, or "" to leave it as sent."""
 
     def adjust_request_headers(self, headers: CIMultiDict[str]) -> None:
         """Ask only for codings the proxy can decode, so every JSON response can be rewritten."""
@@ -151,7 +165,7 @@ class Exchange:
         for name, value in headers:
             lower = name.lower()
             if lower in _LOCATION_HEADERS:
-                value = translate_location(value, self.to_client, self.path_prefix)
+                value = translate_location(value, self.to_client, self.relative_base)
             elif lower == "link" and self.enabled:
                 value = rewrite_text(value, self.to_client)
             elif body is not None:

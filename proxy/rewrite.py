@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-WORKSPACE_PLACEHOLDER = "{workspace}"
+from proxy.routes import WORKSPACE_PLACEHOLDER
 
 # One DNS label, as `proxy.vault.WORKSPACE_NAME` allows for workspace names.
 _LABEL = rb"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -210,14 +210,17 @@ def rewrite_text(text: str, rules: Rules) -> str:
     return data.decode("latin-1")
 
 
-def translate_location(value: str, rules: Rules, path_prefix: str) -> str:
+def translate_location(value: str, rules: Rules, relative_base: str) -> str:
     """Rewrite a `Location` or `Content-Location` value.
 
-    An absolute URL is rewritten by `rules`. An absolute path (`/x`, not `//x`)
-    gets `path_prefix`, so a redirect under a workspace mount stays in that mount.
+    An absolute URL is rewritten by `rules`. With a `relative_base` origin, an
+    absolute path (`/x`, not `//x`) is first read against it, so a redirect under
+    a workspace mount stays in that mount. A path no rule translates is kept as sent.
     """
-    if path_prefix and value.startswith("/") and not value.startswith("//"):
-        return path_prefix + value
+    if relative_base and value.startswith("/") and not value.startswith("//"):
+        absolute = relative_base + value
+        translated = rewrite_text(absolute, rules)
+        return value if translated == absolute else translated
     return rewrite_text(value, rules)
 
 

@@ -17,6 +17,8 @@ Rules this module keeps:
    token: `<path>` goes to the API upstream with that workspace's token,
    whatever workspace `<path>` names. Rules 1 and 2 apply to the whole target,
    and the mount segments must read the same both ways.
+5. `/files-of/<workspace>/<path>` sends `/<path>` to that workspace's files
+   host (a URL template, see `upstream_url`) with that workspace's token.
 
 Everything here is pure: no I/O, no vault, no settings object.
 """
@@ -40,8 +42,10 @@ DEFAULT_FAMILIES = (
 )
 
 MOUNT_SEGMENT = "as"
+FILES_SEGMENT = "files-of"
 # First path segments the proxy reserves for itself. No route family may start with one.
-RESERVED_SEGMENTS = (MOUNT_SEGMENT,)
+RESERVED_SEGMENTS = (MOUNT_SEGMENT, FILES_SEGMENT)
+WORKSPACE_PLACEHOLDER = "{workspace}"
 
 # RFC 3986 pchar plus "/": unreserved, sub-delims, ":", "@" and percent escapes.
 _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*\Z")
@@ -57,6 +61,7 @@ class UpstreamKind(Enum):
     """The upstream a route goes to."""
 
     API = "api"
+    FILES = "files"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +101,7 @@ def check_family_prefix(prefix: str) -> str | None:
     if any(segment in ("", ".", "..") for segment in segments):
         return "it must not hold empty, '.' or '..' segments"
     if segments[0] in RESERVED_SEGMENTS:
-        return f"'/{segments[0]}' is reserved for workspace mounts"
+        return f"'/{segments[0]}' is reserved for workspace mounts and files"
     return None
 
 
@@ -123,17 +128,31 @@ def resolve(target: str, families: tuple[tuple[str, ...], ...]) -> Route:
     if family is None or workspace is None:
         if raw_segments[0] in RESERVED_SEGMENTS:
             raise PathRejected(
-                f"'/{raw_segments[0]}' starts a workspace mount and must be followed by a "
-                f"workspace name: /{raw_segments[0]}/<workspace>/<path>"
+                f"'/{raw_segments[0]}' must be followed by a workspace name: "
+                f"/{raw_segments[0]}/<workspace>/<path>"
             )
         return Route(family=None, workspace=None, upstream_target=target)
     family_prefix = "/" + "/".join(family)
-    if family == (MOUNT_SEGMENT,):
+    if family in ((MOUNT_SEGMENT,), (FILES_SEGMENT,)):
         mount = f"{family_prefix}/{workspace}"
         rest = target[len(mount) :]
         upstream_target = rest if rest.startswith("/") else "/" + rest
-        return Route(family_prefix, workspace, upstream_target, mount=mount)
+        kind = UpstreamKind.FILES if family == (FILES_SEGMENT,) else UpstreamKind.API
+        return Route(family_prefix, workspace, upstream_target, mount=mount, kind=kind)
     return Route(family=family_prefix, workspace=workspace, upstream_target=target)
+
+
+def files_base(files_upstream: str, workspace: str) -> str:
+    """Return a workspace's files host URL from the template, such as `https://ws.example.org`."""
+    return files_upstream.replace(WORKSPACE_PLACEHOLDER, workspace)
+
+
+def upstream_url(route: Route, api_origin: str, files_upstream: str) -> str:
+    """Return the full URL a route is sent to: its upstream's base and the raw target."""
+    if route.kind is UpstreamKind.FILES:
+        assert route.workspace is not None
+        return files_base(files_upstream, route.workspace) + route.upstream_target
+    return api_origin + route.upstream_target
 
 
 def _check_path_syntax(path: str, target: str) -> None:
@@ -180,7 +199,7 @@ def _strict_segments(path: str) -> list[str]:
 def _match(
     segments: list[str], families: tuple[tuple[str, ...], ...]
 ) -> tuple[tuple[str, ...] | None, str | None]:
-    for family in ((MOUNT_SEGMENT,), *families):
+    for family in ((MOUNT_SEGMENT,), (FILES_SEGMENT,), *families):
         size = len(family)
         if len(segments) > size and tuple(segments[:size]) == family and segments[size]:
             return family, segments[size]

@@ -17,13 +17,14 @@ from urllib.parse import urlsplit
 
 from proxy.errors import ConfigError
 from proxy.guards import DEFAULT_ALLOWED_HOSTS
-from proxy.routes import DEFAULT_FAMILIES, check_family_prefix
+from proxy.routes import DEFAULT_FAMILIES, WORKSPACE_PLACEHOLDER, check_family_prefix
 from proxy.upstream import is_loopback_host
 from proxy.vault import WORKSPACE_NAME, WORKSPACE_NAME_RULE
 from proxy.yamlfile import LinedDict, load_mapping, type_name
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 DEFAULT_UPSTREAM = "https://staging.eodatahub.org.uk"
+DEFAULT_FILES_UPSTREAM = "https://{workspace}.staging.eodatahub-workspaces.org.uk"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 300.0
 
@@ -72,6 +73,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     access_log: bool = True
     rewrite_links: bool = True
+    files_upstream: str = DEFAULT_FILES_UPSTREAM
+    """URL template of a workspace's files host, with `{workspace}` once in the host or path."""
 
     @property
     def listen(self) -> str:
@@ -94,6 +97,7 @@ CONFIG_KEYS = (
     "allowed_origins",
     "access_log",
     "rewrite_links",
+    "files_upstream",
 )
 
 
@@ -135,6 +139,11 @@ def load_settings(flags: Mapping[str, Any], *, read_config: bool = True) -> Sett
         allowed_origins=_parse_origins(*value_of("allowed_origins", [])),
         access_log=_parse_bool(*value_of("access_log", True)),
         rewrite_links=_parse_bool(*value_of("rewrite_links", True)),
+        files_upstream=parse_files_upstream(
+            *value_of("files_upstream", DEFAULT_FILES_UPSTREAM),
+            allow_http=allow_http,
+            api_origin=upstream,
+        ),
     )
 
 
@@ -203,6 +212,59 @@ def parse_upstream(value: Any, where: str, *, allow_http: bool) -> Origin:
         )
     default = 443 if parts.scheme == "https" else 80
     return Origin(parts.scheme, parts.hostname.lower(), port or default)
+
+
+def parse_files_upstream(value: Any, where: str, *, allow_http: bool, api_origin: Origin) -> str:
+    """Parse the files host URL template: http(s), `{workspace}` once as a host label or path segment.
+
+    Returns the template without a trailing slash.
+    """
+    text = str(value).strip().rstrip("/")
+    expected = (
+        "expected a URL with {workspace} once as a host label or a path segment, such as "
+        f"{DEFAULT_FILES_UPSTREAM} or http://127.0.0.1:9000/{{workspace}}"
+    )
+    if text.count(WORKSPACE_PLACEHOLDER) != 1 or text.count("{") != 1 or text.count("}") != 1:
+        raise ConfigError(f"{where}: invalid files upstream {text!r} ({expected})")
+    sample = text.replace(WORKSPACE_PLACEHOLDER, "workspace")
+    parts = urlsplit(sample)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{where}: invalid port in files upstream {text!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: invalid files upstream {text!r} ({expected})")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(
+            f"{where}: the files upstream must not contain a user name, password, query or fragment"
+        )
+    if not _placeholder_is_whole(text):
+        raise ConfigError(f"{where}: invalid files upstream {text!r} ({expected})")
+    if parts.scheme == "http" and not allow_http and not is_loopback_host(parts.hostname):
+        raise ConfigError(
+            f"{where}: plain http:// files upstream {parts.hostname} would send tokens "
+            "unencrypted; use https://, or set allow_http_upstream: true if you accept that"
+        )
+    default = 443 if parts.scheme == "https" else 80
+    if Origin(parts.scheme, parts.hostname.lower(), port or default) == api_origin:
+        raise ConfigError(
+            f"{where}: the files upstream must be on another origin than the upstream "
+            f"{api_origin}, so links to the two can be told apart"
+        )
+    return text
+
+
+def _placeholder_is_whole(text: str) -> bool:
+    """Tell whether `{workspace}` is a whole host label or a whole path segment in `text`."""
+    index = text.index(WORKSPACE_PLACEHOLDER)
+    before, after = text[:index], text[index + len(WORKSPACE_PLACEHOLDER) :]
+    path_start = text.find("/", text.index("://") + 3)
+    if path_start == -1 or index < path_start:
+        # In the host: after "://" or ".", before ".", ":", "/" or the end.
+        return (before.endswith("://") or before.endswith(".")) and (
+            after == "" or after[0] in ".:/"
+        )
+    return before.endswith("/") and (after == "" or after.startswith("/"))
 
 
 def _parse_path(value: Any, where: str, base: Path | None) -> Path:

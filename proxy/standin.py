@@ -46,6 +46,8 @@ class Received:
     headers: dict[str, list[str]]
     workspace: str | None
     token_workspace: str | None
+    host: str = "api"
+    """Which stand-in application received it: "api" or "files"."""
 
 
 @dataclass
@@ -60,6 +62,14 @@ class StandIn:
     job_workspaces: dict[str, str] = field(default_factory=dict)
     public_workspaces: set[str] = field(default_factory=set)
     """Workspaces whose paths accept any valid token, as for a workflow published as public."""
+    files_template: str = ""
+    """The files host URL template, `http://HOST:PORT/{workspace}`, or "" when none runs."""
+    files: dict[tuple[str, str], tuple[bytes, str]] = field(default_factory=dict)
+    """Files on the files host by (workspace, path), with their media types."""
+
+    def files_base(self, workspace: str) -> str:
+        """Return a workspace's files host URL, or "" when no files host runs."""
+        return self.files_template.replace("{workspace}", workspace)
 
     def workspace_of_token(self, token: str) -> str | None:
         for workspace, expected in self.tokens.items():
@@ -126,6 +136,10 @@ async def _check_token(request: web.Request, handler: Any) -> web.StreamResponse
             return web.json_response({"detail": "Access denied"}, status=403)
     response: web.StreamResponse = await handler(request)
     return response
+
+
+def _files_base(request: web.Request) -> str:
+    return request.app[STANDIN_KEY].files_base(request.match_info["ws"])
 
 
 def _base(request: web.Request) -> str:
@@ -210,6 +224,7 @@ async def _job(request: web.Request) -> web.Response:
         shown = dict(job, status="running")
     else:
         job["status"] = "successful"
+        _store_results(standin, request.match_info["ws"], job["jobID"], base)
         results = f"{base}/jobs/{job['jobID']}/results"
         job["links"] = [
             {"rel": "self", "href": f"{base}/jobs/{job['jobID']}"},
@@ -250,15 +265,66 @@ async def _jobs(request: web.Request) -> web.Response:
     )
 
 
+RESULTS_NOT_READY = "http://www.opengis.net/def/rel/ogc/1.0/exception/result-not-ready"
+
+
+def _result_path(job_id: str, name: str) -> str:
+    return f"files/workspaces-eodhp-staging/processing-results/{job_id}/{name}"
+
+
+def _store_results(standin: StandIn, workspace: str, job_id: str, base: str) -> None:
+    """Write a finished job's result item and its data file to the workspace's files host."""
+    files = standin.files_base(workspace)
+    if not files:
+        return
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": f"result-{job_id}",
+        "geometry": None,
+        "properties": {"datetime": "2024-01-01T00:00:00Z"},
+        "links": [
+            {"rel": "self", "href": f"{files}/{_result_path(job_id, 'result.json')}"},
+            {"rel": "collection", "href": f"{base}/jobs/{job_id}/results"},
+        ],
+        "assets": {
+            "data": {"href": f"{files}/{_result_path(job_id, 'result.txt')}", "type": "text/plain"}
+        },
+    }
+    standin.files[(workspace, _result_path(job_id, "result.json"))] = (
+        json.dumps(item).encode(),
+        "application/geo+json",
+    )
+    standin.files[(workspace, _result_path(job_id, "result.txt"))] = (b"echo: done\n", "text/plain")
+
+
 async def _results(request: web.Request) -> web.Response:
+    """A finished job's results: a STAC collection whose items live on the files host."""
+    standin = request.app[STANDIN_KEY]
     base = _base(request)
     job_id = request.match_info["job"]
+    job = standin.jobs.get(job_id)
+    if job is None or job["status"] != "successful":
+        return web.json_response(
+            {"type": RESULTS_NOT_READY, "title": "Results not ready"}, status=404
+        )
+    links = [{"rel": "self", "href": f"{base}/jobs/{job_id}/results"}]
+    files = standin.files_base(request.match_info["ws"])
+    if files:
+        links.append({"rel": "item", "href": f"{files}/{_result_path(job_id, 'result.json')}",
+                      "type": "application/geo+json"})
     return web.json_response(
         {
             "type": "Collection",
+            "stac_version": "1.0.0",
             "id": f"results-{job_id}",
-            "links": [{"rel": "self", "href": f"{base}/jobs/{job_id}/results"}],
-            "summary": {"echo": "done"},
+            "description": f"Results of job {job_id}",
+            "license": "proprietary",
+            "extent": {
+                "spatial": {"bbox": [[-180.0, -90.0, 180.0, 90.0]]},
+                "temporal": {"interval": [["2024-01-01T00:00:00Z", None]]},
+            },
+            "links": links,
         }
     )
 
@@ -334,7 +400,7 @@ def build_app(tokens: dict[str, str]) -> web.Application:
         + "/{catalog}/collections/{collection}/items/{item}/{action:quote|order}",
         _commercial,
     )
-    standin_stac.add_routes(app, user, _base, lambda request: "")
+    standin_stac.add_routes(app, user, _base, _files_base)
     return app
 
 

@@ -151,7 +151,8 @@ def proxy(
 ) -> Iterator[ProxyProcess]:
     """One proxy for the session, in front of the shared stand-in, with default settings."""
     process = ProxyProcess(
-        ["serve", "--listen", "127.0.0.1:0", "--upstream", upstream.origin, "--vault", str(vault_file)],
+        ["serve", "--listen", "127.0.0.1:0", "--upstream", upstream.origin, "--vault", str(vault_file),
+         "--files-upstream", upstream.files_template],
         env=isolated_env,
     ).wait_ready()
     yield process

@@ -127,7 +127,7 @@ def test_relative_location_kept_in_mount(proxy: ProxyProcess) -> None:
     response = requests.get(
         f"{proxy.url}/as/alpha-ws{PUBLIC}/redirect?to=relative", allow_redirects=False, timeout=10
     )
-    assert response.headers["Location"] == f"/as/alpha-ws{PUBLIC}/"
+    assert response.headers["Location"] == f"{proxy.url}/as/alpha-ws{PUBLIC}/"
 
 
 def test_absolute_location_kept_in_mount(proxy: ProxyProcess) -> None:

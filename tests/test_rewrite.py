@@ -198,9 +198,12 @@ def test_compiled_rules_are_cached() -> None:
     assert first is second
 
 
-def test_relative_location_gets_mount_prefix() -> None:
-    assert translate_location("/api/x", TO_CLIENT, "/as/a-ws") == "/as/a-ws/api/x"
-    assert translate_location("//evil.example/x", TO_CLIENT, "/as/a-ws") == "//evil.example/x"
+def test_relative_location_read_against_base() -> None:
+    files = "https://b-ws.staging.eodatahub-workspaces.org.uk"
+    assert translate_location("/api/x", TO_CLIENT, UPSTREAM) == CLIENT + "/api/x"
+    assert translate_location("/files/k", TO_CLIENT, files) == CLIENT + "/files-of/b-ws/files/k"
+    assert translate_location("//evil.example/x", TO_CLIENT, UPSTREAM) == "//evil.example/x"
+    assert translate_location("/x", TO_CLIENT, "https://other.example") == "/x"
     assert translate_location(UPSTREAM + "/x", TO_CLIENT, "") == CLIENT + "/x"
     assert translate_location("/api/x", TO_CLIENT, "") == "/api/x"
 

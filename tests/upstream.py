@@ -16,6 +16,7 @@ from aiohttp import web
 
 from proxy import standin
 from proxy.standin import STANDIN_KEY, StandIn
+from proxy.standin_files import build_files_app
 
 TOKENS = {
     "alpha-ws": "alpha-token-0123456789abcdef",
@@ -210,6 +211,16 @@ def build_app() -> web.Application:
     return app
 
 
+async def _serve_on_loopback(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Start `app` on a free loopback port; return its runner and origin."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
 class UpstreamServer:
     """The extended stand-in, served from its own event loop in a background thread."""
 
@@ -218,8 +229,11 @@ class UpstreamServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
+        self._files_runner: web.AppRunner | None = None
         self.app: web.Application | None = None
         self.origin = ""
+        self.files_template = ""
+        """The files host as a `--files-upstream` template: `http://127.0.0.1:PORT/{workspace}`."""
 
     @property
     def state(self) -> StandIn:
@@ -233,13 +247,13 @@ class UpstreamServer:
 
     async def _start(self) -> None:
         self.app = self._make_app()
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.origin = f"http://127.0.0.1:{port}"
+        self._runner, self.origin = await _serve_on_loopback(self.app)
         self.app[STANDIN_KEY].origin = self.origin
+
+        files_app = build_files_app(self.app[STANDIN_KEY])
+        self._files_runner, files_origin = await _serve_on_loopback(files_app)
+        self.files_template = files_origin + "/{workspace}"
+        self.app[STANDIN_KEY].files_template = self.files_template
 
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run `function` on the server's loop and return its result."""
@@ -249,7 +263,8 @@ class UpstreamServer:
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=10)
 
     def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        for runner in (self._runner, self._files_runner):
+            if runner is not None:
+                asyncio.run_coroutine_threadsafe(runner.cleanup(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
