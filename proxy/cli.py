@@ -162,7 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
         "files_upstream": args.files_upstream,
     }
     settings = load_settings(flags)
-    serve(settings)
+    serve(settings, flags=flags)
     return 0
 
 

@@ -49,14 +49,26 @@ class VaultHolder:
 
     def __init__(self, vault: Vault) -> None:
         self.vault = vault
+        self.loaded_at = dt.datetime.now(dt.UTC)
+        self.last_error: str | None = None
+        """Why the last reload failed, or None once a reload succeeds."""
+
+    def replace(self, vault: Vault) -> None:
+        self.vault = vault
+        self.loaded_at = dt.datetime.now(dt.UTC)
+        self.last_error = None
 
 
 class ProxyHandler:
     def __init__(self, settings: Settings, vaults: VaultHolder, upstream: Upstream) -> None:
-        self._settings = settings
         self._vaults = vaults
         self._upstream = upstream
         self._upstream_origin = str(settings.upstream)
+        self.apply_settings(settings)
+
+    def apply_settings(self, settings: Settings) -> None:
+        """Use `settings` for requests from now on (a config reload); the upstream stays."""
+        self._settings = settings
         self._families = routes.parse_families(settings.routes)
         self._host_policy = guards.HostPolicy(settings.allowed_hosts, settings.allowed_origins)
         self._links = LinkTranslator(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -15,8 +16,9 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy.errors import ClientRequestError, ConfigError, ProxyError
 from proxy.forward import ProxyHandler, VaultHolder
-from proxy.log import log
+from proxy.log import access_log, log
 from proxy.problem import problem_response
+from proxy.reload import Reloader
 from proxy.settings import Settings
 from proxy.upstream import Upstream, UpstreamOptions
 from proxy.vault import Vault, load_vault
@@ -67,12 +69,21 @@ class Proxy:
                 ca_bundle=settings.ca_bundle,
             )
         )
+        self.handler = ProxyHandler(settings, self.vaults, self.upstream)
         self._runner: web.ServerRunner | None = None
         self.port: int | None = None
+        access_log.disabled = not settings.access_log
+
+    def apply_settings(self, settings: Settings) -> None:
+        """Use reloaded settings for new requests; see `proxy.reload` for which fields change."""
+        self.settings = settings
+        self.upstream.set_timeouts(settings.connect_timeout, settings.read_timeout)
+        self.handler.apply_settings(settings)
+        access_log.disabled = not settings.access_log
 
     async def start(self) -> None:
         await self.upstream.start()
-        handler = ProxyHandler(self.settings, self.vaults, self.upstream)
+        handler = self.handler
         # auto_decompress=False: a compressed upload is forwarded as sent, with its Content-Encoding.
         server = _ProxyServer(
             handler, handler_cancellation=True, access_log=None, auto_decompress=False
@@ -142,25 +153,47 @@ def vault_warnings(vault: Vault) -> list[str]:
     return warnings
 
 
-def serve(settings: Settings, *, ready: Callable[[Proxy], None] | None = None) -> None:
-    """Load the vault, start the proxy and serve until SIGINT or SIGTERM."""
+def serve(
+    settings: Settings,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    ready: Callable[[Proxy], None] | None = None,
+) -> None:
+    """Load the vault, start the proxy and serve until SIGINT or SIGTERM.
+
+    `flags` are the command-line flags the settings were built from; a config
+    reload applies them again over the changed file. Without them the config
+    file is not watched.
+    """
     vault = load_vault(settings.vault_path)
-    asyncio.run(_serve(settings, vault, ready))
+    asyncio.run(_serve(settings, vault, flags, ready))
 
 
-async def _serve(settings: Settings, vault: Vault, ready: Callable[[Proxy], None] | None) -> None:
+async def _serve(
+    settings: Settings,
+    vault: Vault,
+    flags: Mapping[str, Any] | None,
+    ready: Callable[[Proxy], None] | None,
+) -> None:
     proxy = Proxy(settings, vault)
+    # The reloader takes its first stamps of the files now, before "listening" is logged.
+    reloader = Reloader(proxy.vaults, settings, flags, proxy.apply_settings)
     await proxy.start()
     log_startup(proxy)
+    watcher = asyncio.create_task(reloader.watch())
     if ready is not None:
         ready(proxy)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload_all, "SIGHUP")
     try:
         await stop.wait()
     finally:
         log.info("stopping")
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
         await proxy.stop()
     logging.shutdown()

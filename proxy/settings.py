@@ -27,6 +27,7 @@ DEFAULT_UPSTREAM = "https://staging.eodatahub.org.uk"
 DEFAULT_FILES_UPSTREAM = "https://{workspace}.staging.eodatahub-workspaces.org.uk"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 300.0
+DEFAULT_RELOAD_INTERVAL = 0.5
 
 
 def config_dir() -> Path:
@@ -75,6 +76,8 @@ class Settings:
     rewrite_links: bool = True
     files_upstream: str = DEFAULT_FILES_UPSTREAM
     """URL template of a workspace's files host, with `{workspace}` once in the host or path."""
+    reload_interval: float = DEFAULT_RELOAD_INTERVAL
+    """Seconds between checks of the vault and config files for changes; 0 turns polling off."""
 
     @property
     def listen(self) -> str:
@@ -98,6 +101,7 @@ CONFIG_KEYS = (
     "access_log",
     "rewrite_links",
     "files_upstream",
+    "reload_interval",
 )
 
 
@@ -143,6 +147,9 @@ def load_settings(flags: Mapping[str, Any], *, read_config: bool = True) -> Sett
             *value_of("files_upstream", DEFAULT_FILES_UPSTREAM),
             allow_http=allow_http,
             api_origin=upstream,
+        ),
+        reload_interval=_parse_seconds(
+            *value_of("reload_interval", DEFAULT_RELOAD_INTERVAL), allow_zero=True, maximum=3600
         ),
     )
 
@@ -296,15 +303,19 @@ def _parse_workspace(value: Any, where: str) -> str | None:
     return value
 
 
-def _parse_seconds(value: Any, where: str) -> float:
+def _parse_seconds(
+    value: Any, where: str, *, allow_zero: bool = False, maximum: float = 86400
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ConfigError(f"{where}: expected a number of seconds, found {type_name(value)}")
     try:
         seconds = float(value)
     except ValueError:
         raise ConfigError(f"{where}: expected a number of seconds, found {value!r}") from None
-    if not 0 < seconds <= 86400:
-        raise ConfigError(f"{where}: expected a number of seconds between 0 and 86400")
+    in_range = 0 <= seconds <= maximum if allow_zero else 0 < seconds <= maximum
+    if not in_range:
+        lowest = "0" if allow_zero else "more than 0"
+        raise ConfigError(f"{where}: expected a number of seconds from {lowest} to {maximum:g}")
     return seconds
 
 

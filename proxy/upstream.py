@@ -15,7 +15,7 @@ import ssl
 import urllib.request
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -59,19 +59,27 @@ class Upstream:
             ttl_dns_cache=60,
             enable_cleanup_closed=True,
         )
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=self._options.connect_timeout,
-            sock_read=self._options.read_timeout,
-        )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=timeout,
+            timeout=self._client_timeout(),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=_SKIP_AUTO_HEADERS,
             trust_env=False,
             read_bufsize=CHUNK_SIZE,
+        )
+
+    def set_timeouts(self, connect_timeout: float, read_timeout: float) -> None:
+        """Use these timeouts for requests sent from now on; requests in flight keep theirs."""
+        self._options = replace(
+            self._options, connect_timeout=connect_timeout, read_timeout=read_timeout
+        )
+
+    def _client_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=self._options.connect_timeout,
+            sock_read=self._options.read_timeout,
         )
 
     async def close(self) -> None:
@@ -103,6 +111,7 @@ class Upstream:
                 data=body,
                 allow_redirects=False,
                 proxy=proxy_for(target.scheme, host),
+                timeout=self._client_timeout(),
             )
         except aiohttp.ClientConnectorCertificateError as exc:
             raise UpstreamError(

@@ -51,6 +51,7 @@ def add(vault_path: Path, workspace: str, expires: str | None, stdin: TextIO) ->
               f"{token.fingerprint}{old}")
     else:
         print(f"{vault_path}: added workspace {workspace}: {token.fingerprint}")
+    print("A running proxy that uses this vault loads the change within about a second.")
     if not change.layout_kept:
         print(f"{vault_path}: note: the file was written anew, without its comments, "
               "because its layout could not be edited in place")

@@ -193,8 +193,50 @@ async def _big_json(request: web.Request) -> web.StreamResponse:
     return response
 
 
+class Gate:
+    """Holds requests to `/hold?gate=NAME` until the test opens it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.arrived = threading.Event()
+        self._opened = asyncio.Event()
+        self._loop = loop
+
+    def open(self) -> None:
+        self._loop.call_soon_threadsafe(self._opened.set)
+
+    async def wait_open(self) -> None:
+        await self._opened.wait()
+
+
+GATES_KEY = web.AppKey("gates", dict[str, Gate])
+
+
+async def _hold(request: web.Request) -> web.StreamResponse:
+    """Wait for the named gate to open, then answer "released".
+
+    With `?after=headers` the status line, headers and the first bytes go out
+    before the wait, as for a download in progress.
+    """
+    gate = request.app[GATES_KEY][request.query["gate"]]
+    if request.query.get("after") != "headers":
+        gate.arrived.set()
+        await gate.wait_open()
+        return web.Response(text="released")
+    response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+    response.content_length = len(b"first, released")
+    await response.prepare(request)
+    await response.write(b"first, ")
+    gate.arrived.set()
+    await gate.wait_open()
+    await response.write(b"released")
+    await response.write_eof()
+    return response
+
+
 def build_app() -> web.Application:
     app = standin.build_app(TOKENS)
+    app[GATES_KEY] = {}
+    app.router.add_get(standin.USER_CATALOGS + "/{ws}/hold", _hold)
     ws = standin.USER_CATALOGS + "/{ws}"
     for path in (ws + "/echo", ws + "/echo/{tail:.*}", "/echo/{tail:.*}", PUBLIC + "/echo"):
         app.router.add_route("*", path, _echo)
@@ -254,6 +296,13 @@ class UpstreamServer:
         self._files_runner, files_origin = await _serve_on_loopback(files_app)
         self.files_template = files_origin + "/{workspace}"
         self.app[STANDIN_KEY].files_template = self.files_template
+
+    def gate(self, name: str) -> Gate:
+        """Create a gate for requests to `.../<workspace>/hold?gate=<name>`."""
+        assert self.app is not None
+        gate = Gate(self._loop)
+        self.app[GATES_KEY][name] = gate
+        return gate
 
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run `function` on the server's loop and return its result."""
