@@ -1,4 +1,4 @@
-"""The command line: `eodh-proxy serve`, `demo` and `vault add|list|remove`.
+"""The command line: `eodh-proxy serve`, `explain`, `demo` and `vault add|list|remove`.
 
 This module parses arguments, builds settings and hands over; a `ConfigError`
 from anywhere below becomes one line on standard error and exit status 2.
@@ -14,8 +14,8 @@ from proxy import __version__
 from proxy.errors import ConfigError
 from proxy.log import configure
 from proxy.settings import (
-    DEFAULT_LISTEN,
     DEFAULT_FILES_UPSTREAM,
+    DEFAULT_LISTEN,
     DEFAULT_UPSTREAM,
     default_config_path,
     default_vault_path,
@@ -23,6 +23,7 @@ from proxy.settings import (
 )
 
 EXIT_USAGE = 2
+EXIT_REJECTED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the proxy. Flags override the config file, which overrides defaults.",
     )
     add_settings_flags(serve)
+
+    explain = commands.add_parser(
+        "explain",
+        help="show what the proxy would do with a URL, sending nothing",
+        description="Print the route, workspace, token fingerprint and upstream URL the proxy "
+        "would use for URL, without sending anything. Exit status 1 when the proxy would "
+        "reject the request, with the reason on standard error.",
+    )
+    explain.add_argument(
+        "url",
+        metavar="URL",
+        help="a proxy URL such as http://localhost:8080/api/..., or just its path and query",
+    )
+    add_settings_flags(explain)
 
     demo = commands.add_parser(
         "demo",
@@ -142,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(args.listen)
         if args.command == "vault":
             return _vault(args)
+        if args.command == "explain":
+            return _explain(args)
     except ConfigError as error:
         print(f"eodh-proxy: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -153,7 +170,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from proxy.server import serve
 
-    flags = {
+    flags = _settings_flags(args)
+    settings = load_settings(flags)
+    serve(settings, flags=flags)
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from proxy.errors import ProxyError
+    from proxy.explain import explain, render
+    from proxy.vault import load_vault
+
+    settings = load_settings(_settings_flags(args))
+    vault = load_vault(settings.vault_path)
+    try:
+        explanation = explain(args.url, settings, vault)
+    except ProxyError as error:
+        print(
+            f"eodh-proxy: the proxy would reject this request with HTTP {error.status}: "
+            f"{error.detail}",
+            file=sys.stderr,
+        )
+        return EXIT_REJECTED
+    for line in render(explanation, dt.datetime.now(dt.timezone.utc)):
+        print(line)
+    return 0
+
+
+def _settings_flags(args: argparse.Namespace) -> dict[str, str | None]:
+    return {
         "config": args.config,
         "listen": args.listen,
         "upstream": args.upstream,
@@ -161,9 +208,6 @@ def _serve(args: argparse.Namespace) -> int:
         "ca_bundle": args.ca_bundle,
         "files_upstream": args.files_upstream,
     }
-    settings = load_settings(flags)
-    serve(settings, flags=flags)
-    return 0
 
 
 def _vault(args: argparse.Namespace) -> int:

@@ -11,10 +11,10 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy import standin
-from proxy.standin_files import build_files_app
 from proxy.log import log
 from proxy.server import Proxy, log_startup
 from proxy.settings import load_settings
+from proxy.standin_files import build_files_app
 from proxy.vault import load_vault
 
 DEMO_WORKSPACES = ("demo-ws", "other-ws")

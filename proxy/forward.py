@@ -17,7 +17,8 @@ from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 
 from proxy import guards, routes
-from proxy.errors import NoToken, ProxyError, UpstreamBrokeOff
+from proxy.credentials import choose_credential
+from proxy.errors import ProxyError, UpstreamBrokeOff
 from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.links import (
     BUFFERED_REQUEST_MAX,
@@ -131,19 +132,10 @@ class ProxyHandler:
         )
 
     def _credential_for(self, route: routes.Route) -> Credential | None:
-        if route.workspace is None:
-            return None
-        vault = self._vaults.vault
-        credential = vault.get(route.workspace)
-        fallback = self._settings.default_workspace
-        if credential is None and fallback is not None and not route.chosen_explicitly:
-            credential = vault.get(fallback)
-        if credential is None:
-            raise NoToken(
-                f"no token for workspace {route.workspace!r} in vault {vault.path}; add one "
-                f"with: eodh-proxy vault add {route.workspace} --vault {vault.path}"
-            )
-        if credential.expired(dt.datetime.now(dt.timezone.utc)):
+        credential = choose_credential(
+            route, self._vaults.vault, self._settings.default_workspace
+        )
+        if credential is not None and credential.expired(dt.datetime.now(dt.timezone.utc)):
             log.warning(
                 "token for workspace %s expired at %s; trying it anyway",
                 credential.workspace,

@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDict
 
 from proxy.errors import UpstreamBrokeOff
-from proxy.routes import FILES_SEGMENT, WORKSPACE_PLACEHOLDER, Route, UpstreamKind, files_base
 from proxy.rewrite import (
     BodyDecoder,
     DecodeError,
@@ -41,6 +40,7 @@ from proxy.rewrite import (
     rewrite_text,
     translate_location,
 )
+from proxy.routes import FILES_SEGMENT, WORKSPACE_PLACEHOLDER, Route, UpstreamKind, files_base
 
 BUFFERED_REQUEST_MAX = 1024 * 1024
 _LOCATION_HEADERS = frozenset({"location", "content-location"})

@@ -268,7 +268,7 @@ def _placeholder_is_whole(text: str) -> bool:
     path_start = text.find("/", text.index("://") + 3)
     if path_start == -1 or index < path_start:
         # In the host: after "://" or ".", before ".", ":", "/" or the end.
-        return (before.endswith("://") or before.endswith(".")) and (
+        return before.endswith(("://", ".")) and (
             after == "" or after[0] in ".:/"
         )
     return before.endswith("/") and (after == "" or after.startswith("/"))

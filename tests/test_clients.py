@@ -1,15 +1,17 @@
 """Real EODH clients through the proxy process, with no token configured in them.
 
 The stand-in rejects any workspace request without the right token, so a link
-that sent a client straight to the upstream would fail the flow; each test also
+that sent a client straight to the upstream would fail the flow. Each test also
 checks that every request the stand-in received in the flow carried a token.
 """
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -145,3 +147,49 @@ def test_curl_follows_created_location(proxy: ProxyProcess, upstream: UpstreamSe
     assert status.returncode == 0, status.stderr
     assert f'"href": "{base}/jobs/' in status.stdout
     assert upstream.state.received[-1].headers["Authorization"] == [f"Bearer {TOKENS['alpha-ws']}"]
+
+
+@pytest.fixture
+def localhost_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolve `*.localhost` to 127.0.0.1 in this process, as many systems' resolvers do.
+
+    Only names under `.localhost` change, so nothing can be sent anywhere but loopback.
+    """
+    resolve = socket.getaddrinfo
+
+    def loopback_for_localhost(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, str) and host.lower().endswith(".localhost"):
+            host = "127.0.0.1"
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_for_localhost)
+
+
+def test_pyeodh_runs_job_and_reads_results(
+    proxy: ProxyProcess, upstream: UpstreamServer, flow: list, localhost_names: None
+) -> None:
+    """pyeodh accepts only environment names as the first host label: staging.localhost passes."""
+    from pyeodh import Client
+
+    start = len(upstream.state.received)
+    base = f"http://staging.localhost:{proxy.port}"
+    client = Client(base_url=base, username="alpha-ws", token="placeholder-not-a-token")
+    ades = client.get_ades()
+
+    assert [process.id for process in ades.get_processes()] == ["echo", "ndvi"]
+    job = ades.get_process("echo").execute({"message": "hello"})
+    assert job.status == "running"
+    for _ in range(5):
+        if job.status == "successful":
+            break
+        job.refresh()
+    assert job.status == "successful"
+
+    items = job.get_result_items()
+    assert [item.id for item in items] == [f"result-{job.id}"]
+    assert items[0].assets["data"].href.startswith(f"{base}/files-of/alpha-ws/files/")
+    assert job.id in [listed.id for listed in ades.get_jobs()]
+    received = upstream.state.received[start:]
+    assert any(r.host == "files" and r.token_workspace == "alpha-ws" for r in received)
+    sent = [value for r in received for value in r.headers.get("Authorization", [])]
+    assert "Bearer placeholder-not-a-token" not in sent
