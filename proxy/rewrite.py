@@ -35,6 +35,10 @@ _NOT_AFTER = rb"(?<![A-Za-z0-9+.\-])"
 _BOUNDARY = rb"""(?=[/?#"<>\s]|\\[/"]|\\u00(?:2[23fF]|3[cCeEfF])|\Z)"""
 _BOUNDARY_MAX = len(rb"\u002f")
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
+# Every source starts with `scheme://` (`_source_regex` enforces it), so every
+# match contains one of these.
+_SCHEME_SEPARATOR = b"://"
+_ESCAPED_SCHEME_SEPARATOR = b":\\/\\/"
 
 # Media types whose bodies are rewritten: JSON and every structured `+json` type.
 _JSON_TYPES = frozenset({"application/json", "text/json"})
@@ -190,6 +194,9 @@ class LinkRewriter:
     def _rewrite(self, text: bytes, start: int, cut: int) -> tuple[bytes, int]:
         """Rewrite matches that start in text[start:cut]; return the output and where it ends."""
         assert self._rules.pattern is not None
+        if _SCHEME_SEPARATOR not in text and _ESCAPED_SCHEME_SEPARATOR not in text:
+            # No match is possible, and a substring test is far cheaper than the scan.
+            return text[start:cut], cut
         pieces: list[bytes] = []
         position = start
         for match in self._rules.pattern.finditer(text, start):
