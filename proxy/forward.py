@@ -27,7 +27,7 @@ from proxy.links import (
     rewrite_stream,
     rewrite_whole,
 )
-from proxy.log import access_log, log
+from proxy.log import access_line, log
 from proxy.problem import problem_response
 from proxy.settings import Settings
 from proxy.upstream import Upstream
@@ -95,18 +95,12 @@ class ProxyHandler:
             if error.status >= 500:
                 log.warning("%s %s: %s", request.method, _path_of(request), error.detail)
         finally:
-            if access_log.isEnabledFor(20):
-                status = response.status if response is not None else 499
-                access_log.info(
-                    '%s "%s %s" %s %d %dB %.1fms',
-                    request.remote,
-                    request.method,
-                    _path_of(request),
-                    workspace,
-                    status,
-                    sent,
-                    (time.perf_counter() - started) * 1000,
-                )
+            status = response.status if response is not None else 499
+            duration_ms = (time.perf_counter() - started) * 1000
+            access_line.write(
+                request.remote, request.method, _path_of(request), workspace, status, sent,
+                duration_ms,
+            )
         return response
 
     def plan(self, request: web.BaseRequest) -> Plan:
@@ -157,7 +151,7 @@ class ProxyHandler:
 
         sent = 0
         async with self._upstream.request(request.method, url, headers, body) as upstream:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            response = _CoalescingResponse(status=upstream.status, reason=upstream.reason)
             body_rewrite = plan.links.response_body_rewrite(
                 upstream.status,
                 upstream.headers.get("Content-Type"),
@@ -169,14 +163,28 @@ class ProxyHandler:
             if plan.cors_origin is not None:
                 response.headers["Access-Control-Allow-Origin"] = plan.cors_origin
                 response.headers.add("Vary", "Origin")
-            await response.prepare(request)
+            writer = await response.prepare(request)
+            if writer is not None and not self._upstream.body_started(upstream):
+                # The body may be slow to come (a long poll, say): the client gets
+                # the status and headers now, not with the first chunk.
+                writer.send_headers()
 
             chunks = self._upstream.body(upstream)
             if body_rewrite is not None:
                 chunks = body_rewrite.apply(chunks)
+            held = b""
             try:
                 async for chunk in chunks:
-                    await response.write(chunk)
+                    if held:
+                        await response.write(held)
+                    # Once the whole upstream body has arrived, every later chunk is
+                    # ready at once, so holding one back delays nothing and lets
+                    # write_eof() send it with the end of the body in one write.
+                    if self._upstream.body_complete(upstream):
+                        held = chunk
+                    else:
+                        held = b""
+                        await response.write(chunk)
                     sent += len(chunk)
             except UpstreamBrokeOff as error:
                 # The status line is gone: the only honest signal left is a broken connection.
@@ -184,8 +192,20 @@ class ProxyHandler:
                 if request.transport is not None:
                     request.transport.abort()
                 raise ConnectionResetError(error.detail) from error
-            await response.write_eof()
+            await response.write_eof(held)
         return response, sent
+
+
+class _CoalescingResponse(web.StreamResponse):
+    """A streamed response whose status line and headers go out with the first body bytes.
+
+    aiohttp's `StreamResponse` sends the headers as soon as it is prepared, one
+    `send()` call more per response than needed. With this flag aiohttp keeps them
+    until the first write (the `Response` class does the same), and the handler
+    calls `send_headers()` itself when the body is not there yet.
+    """
+
+    _send_headers_immediately = False
 
 
 async def _request_body(

@@ -7,8 +7,11 @@ to one line without a traceback, since they are the client's fault.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import time
+from typing import TextIO
 
 log = logging.getLogger("eodh_proxy")
 access_log = logging.getLogger("eodh_proxy.access")
@@ -30,10 +33,69 @@ class _OneLineClientErrors(logging.Filter):
         return True
 
 
+class AccessLine:
+    """Writer of the `eodh_proxy.access` lines, in the format that `configure` sets.
+
+    This is the hot path: it skips the `LogRecord` and formats each line with one
+    f-string, and the lines of one event-loop iteration go out in one write at its
+    end, not one write and flush per request. The logger still decides whether
+    access lines are written at all.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._pending: list[str] = []
+        self._second = -1
+        self._stamp = ""
+
+    def write(
+        self, remote: str | None, method: str, path: str, workspace: str, status: int,
+        sent: int, duration_ms: float,
+    ) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        milliseconds = int((now - second) * 1000)
+        if not self._pending:
+            self._flush_soon()
+        self._pending.append(
+            f'{self._stamp},{milliseconds:03d} INFO {remote} "{method} {path}" {workspace} '
+            f"{status} {sent}B {duration_ms:.1f}ms\n"
+        )
+
+    def _flush_soon(self) -> None:
+        try:
+            asyncio.get_running_loop().call_soon(self.flush)
+        except RuntimeError:
+            # No event loop: the caller's line is appended next and written by the
+            # next flush, which `_serve` runs at shutdown at the latest.
+            pass
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            # Standard error is closed or broken: there is nowhere left to report it.
+            pass
+
+
+access_line = AccessLine(sys.stderr)
+
+
 def configure(level: int = logging.INFO, access: bool = True) -> None:
     """Send operational and access lines to standard error."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    access_line.stream = sys.stderr
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -16,7 +16,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy.errors import ClientRequestError, ConfigError, ProxyError
 from proxy.forward import ProxyHandler, VaultHolder
-from proxy.log import access_log, log
+from proxy.log import access_line, log
 from proxy.problem import problem_response
 from proxy.reload import Reloader
 from proxy.settings import Settings
@@ -196,4 +196,5 @@ async def _serve(
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
         await proxy.stop()
+        access_line.flush()
     logging.shutdown()

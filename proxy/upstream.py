@@ -152,6 +152,15 @@ class Upstream:
             else:
                 response.close()
 
+    def body_started(self, response: UpstreamResponse) -> bool:
+        """Tell whether body bytes, or the end of the body, have arrived before any read."""
+        content = response._response.content
+        return content.total_bytes > 0 or content.is_eof()
+
+    def body_complete(self, response: UpstreamResponse) -> bool:
+        """Tell whether the whole body has arrived, so no further read waits for the upstream."""
+        return response._response.content.is_eof()
+
     async def body(self, response: UpstreamResponse) -> AsyncIterator[bytes]:
         """Yield the response body as it arrives; a failure mid-body raises `UpstreamBrokeOff`."""
         host = response._response.url.host or "?"

@@ -215,17 +215,20 @@ async def _hold(request: web.Request) -> web.StreamResponse:
     """Wait for the named gate to open, then answer "released".
 
     With `?after=headers` the status line, headers and the first bytes go out
-    before the wait, as for a download in progress.
+    before the wait, as for a download in progress. With `?after=status` only
+    the status line and headers do, as for a long poll.
     """
     gate = request.app[GATES_KEY][request.query["gate"]]
-    if request.query.get("after") != "headers":
+    after = request.query.get("after")
+    if after not in ("headers", "status"):
         gate.arrived.set()
         await gate.wait_open()
         return web.Response(text="released")
     response = web.StreamResponse(headers={"Content-Type": "text/plain"})
-    response.content_length = len(b"first, released")
+    response.content_length = len(b"first, released") if after == "headers" else len(b"released")
     await response.prepare(request)
-    await response.write(b"first, ")
+    if after == "headers":
+        await response.write(b"first, ")
     gate.arrived.set()
     await gate.wait_open()
     await response.write(b"released")
