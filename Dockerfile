@@ -5,7 +5,7 @@ RUN useradd --create-home --uid 10001 proxy
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
-RUN pip install --no-cache-dir . && rm -rf /root/.cache
+RUN pip install --no-cache-dir '.[speed]' && rm -rf /root/.cache
 
 USER proxy
 ENV XDG_CONFIG_HOME=/config

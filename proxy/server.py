@@ -8,7 +8,7 @@ import errno
 import logging
 import signal
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -16,7 +16,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy.errors import ClientRequestError, ConfigError, ProxyError
 from proxy.forward import ProxyHandler, VaultHolder
-from proxy.log import access_line, log
+from proxy.log import access_line, access_log, log
 from proxy.problem import problem_response
 from proxy.reload import Reloader
 from proxy.settings import Settings
@@ -133,6 +133,7 @@ def log_startup(proxy: Proxy) -> None:
     host = f"[{settings.listen_host}]" if ":" in settings.listen_host else settings.listen_host
     log.info("listening on http://%s:%d", host, proxy.port)
     log.info("upstream %s", settings.upstream)
+    log.info("event loop %s", type(asyncio.get_running_loop()).__module__.partition(".")[0])
     log.info("vault %s: workspaces %s", vault.path, ", ".join(vault.workspaces) or "(none)")
     for warning in (*vault.warnings, *vault_warnings(vault)):
         log.warning("%s", warning)
@@ -166,7 +167,17 @@ def serve(
     file is not watched.
     """
     vault = load_vault(settings.vault_path)
-    asyncio.run(_serve(settings, vault, flags, ready))
+    run_event_loop(_serve(settings, vault, flags, ready))
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop when it is installed (the `speed` extra), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 async def _serve(
