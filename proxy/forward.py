@@ -129,7 +129,7 @@ class ProxyHandler:
         credential = choose_credential(
             route, self._vaults.vault, self._settings.default_workspace
         )
-        if credential is not None and credential.expired(dt.datetime.now(dt.timezone.utc)):
+        if credential is not None and credential.expired(dt.datetime.now(dt.UTC)):
             log.warning(
                 "token for workspace %s expired at %s; trying it anyway",
                 credential.workspace,
@@ -157,6 +157,16 @@ class ProxyHandler:
                 upstream.headers.get("Content-Type"),
                 upstream.headers.get("Content-Encoding"),
             )
+            if body_rewrite is None and plan.links.cannot_rewrite(
+                upstream.headers.get("Content-Type"), upstream.headers.get("Content-Encoding")
+            ):
+                log.warning(
+                    "%s %s: JSON response in content coding %r passed untranslated; its links "
+                    "point at the upstream",
+                    request.method,
+                    _path_of(request),
+                    upstream.headers.get("Content-Encoding"),
+                )
             response_headers = client_response_headers(upstream.headers)
             for name, value in plan.links.response_headers(response_headers, body_rewrite):
                 response.headers.add(name, value)
@@ -223,7 +233,8 @@ async def _request_body(
         return request.content
     length = request.content_length
     if length is not None and length <= BUFFERED_REQUEST_MAX:
-        body = rewrite_whole(await request.read(), rules)
+        # Content-Length bounds this read; request.read() would apply aiohttp's own size limit.
+        body = rewrite_whole(await request.content.read(), rules)
         headers["Content-Length"] = str(len(body))
         return body
     headers.popall("Content-Length", None)

@@ -149,6 +149,8 @@ class Exchange:
 
         A HEAD response gets the same decision as GET, so its headers match.
         """
+        # NOTE: URLs are matched as ASCII bytes, so JSON in UTF-16 or UTF-32 (allowed before
+        # RFC 8259, which requires UTF-8) passes unchanged.
         if not self.enabled or not is_json_media_type(content_type):
             return None
         if status in _NO_BODY_STATUSES or status == 206 or status < 200:
@@ -157,6 +159,14 @@ class Exchange:
         if coding is None:
             return None
         return BodyRewrite(coding=coding, rules=self.to_client)
+
+    def cannot_rewrite(self, content_type: str | None, content_encoding: str | None) -> bool:
+        """Tell whether a JSON body must pass untranslated because its coding cannot be decoded."""
+        return (
+            self.enabled
+            and is_json_media_type(content_type)
+            and content_coding(content_encoding) is None
+        )
 
     def response_headers(
         self, headers: Iterable[tuple[str, str]], body: BodyRewrite | None

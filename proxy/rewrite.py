@@ -6,7 +6,10 @@ Rules this module keeps:
    where the next character ends an origin: `/`, `?`, `#`, a quote, `<`, `>`,
    whitespace, a JSON escape of one of those, or the end of the text. So it
    never matches inside `http://host:8080` or `http://host.evil`. The character
-   before the scheme must not be one that could continue a scheme.
+   before the scheme must not be one that could continue a scheme. The host is
+   matched case-insensitively. The scheme must be lowercase, as URL serialisers
+   write it: every pattern then starts with the literal `http`, which lets the
+   regex engine skip text without links quickly.
 2. The rest of a URL is kept byte for byte; only its prefix is replaced.
 3. JSON may escape `/` as `\\/`. Each source matches in its plain form and its
    escaped form, and the replacement is written in the form that matched.
@@ -30,7 +33,9 @@ from proxy.routes import WORKSPACE_PLACEHOLDER
 # One DNS label, as `proxy.vault.WORKSPACE_NAME` allows for workspace names.
 _LABEL = rb"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _LABEL_MAX = 63
-_NOT_AFTER = rb"(?<![A-Za-z0-9+.\-])"
+# Bytes that may come before "http" inside a longer scheme, such as "xhttp://".
+_SCHEME_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+.-")
+_COMMON_PREFIX = b"http"
 # Characters that end an origin or a path prefix: a delimiter, or a JSON escape of one.
 _BOUNDARY = rb"""(?=[/?#"<>\s]|\\[/"]|\\u00(?:2[23fF]|3[cCeEfF])|\Z)"""
 _BOUNDARY_MAX = len(rb"\u002f")
@@ -101,26 +106,28 @@ def compile_rules(translations: tuple[Translation, ...]) -> Rules:
             longest = max(longest, length)
     if not alternatives:
         return Rules(pattern=None, replacements={}, hold=0)
-    pattern = re.compile(_NOT_AFTER + b"(?:" + b"|".join(alternatives) + b")" + _BOUNDARY)
+    pattern = re.compile(_COMMON_PREFIX + b"(?:" + b"|".join(alternatives) + b")" + _BOUNDARY)
     return Rules(pattern=pattern, replacements=replacements, hold=longest + _BOUNDARY_MAX + 1)
 
 
 def _source_regex(source: str, escaped: bool, workspace_group: str) -> tuple[bytes, int]:
-    """Return the regex for one source prefix and the longest text it can match."""
+    """Return the regex for one source prefix after its leading "http", and the longest match."""
     scheme, separator, rest = source.partition("://")
-    if not separator or scheme.lower() not in _DEFAULT_PORTS:
+    scheme = scheme.lower()
+    if not separator or scheme not in _DEFAULT_PORTS:
         raise ValueError(f"translation source {source!r} does not start with http:// or https://")
     authority, slash, path = rest.partition("/")
     path = slash + path
-    default_port = _DEFAULT_PORTS[scheme.lower()]
+    default_port = _DEFAULT_PORTS[scheme]
     host, colon, port = authority.rpartition(":")
     if colon and "]" not in port and port == default_port:
         authority = host
 
-    # Scheme and host are case-insensitive, and a default port may be written out or left off.
-    origin = _literal(f"{scheme}://{authority}", escaped, workspace_group)
-    regex = b"(?i:" + origin + b")"
-    length = len(_escape_slashes(f"{scheme}://{authority}", escaped))
+    # The host is case-insensitive, and a default port may be written out or left off.
+    separator_text = _escape_slashes("://", escaped)
+    regex = re.escape(scheme[len("http") :].encode() + separator_text.encode())
+    regex += b"(?i:" + _literal(authority, escaped, workspace_group) + b")"
+    length = len(f"{scheme}{separator_text}{authority}")
     if ":" not in authority.rpartition("]")[2]:
         regex += b"(?::" + default_port.encode() + b")?"
         length += 1 + len(default_port)
@@ -160,7 +167,7 @@ class LinkRewriter:
     def __init__(self, rules: Rules) -> None:
         self._rules = rules
         self._pending = b""
-        # The last byte already returned, so the pattern's lookbehind sees it.
+        # The last byte already returned, to tell "xhttp://" from "http://" across chunks.
         self._previous = b""
 
     @property
@@ -192,19 +199,26 @@ class LinkRewriter:
         return output
 
     def _rewrite(self, text: bytes, start: int, cut: int) -> tuple[bytes, int]:
-        """Rewrite matches that start in text[start:cut]; return the output and where it ends."""
+        """Rewrite matches that start in text[start:cut]. Return the output and where it ends."""
         assert self._rules.pattern is not None
         if _SCHEME_SEPARATOR not in text and _ESCAPED_SCHEME_SEPARATOR not in text:
             # No match is possible, and a substring test is far cheaper than the scan.
             return text[start:cut], cut
+        pattern = self._rules.pattern
         pieces: list[bytes] = []
         position = start
-        for match in self._rules.pattern.finditer(text, start):
-            if match.start() >= cut:
+        search_from = start
+        while (match := pattern.search(text, search_from)) is not None:
+            found = match.start()
+            if found >= cut:
                 break
-            pieces.append(text[position : match.start()])
+            if found > 0 and text[found - 1] in _SCHEME_BYTES:
+                # "xhttp://..." is another scheme: look again from the next byte.
+                search_from = found + 1
+                continue
+            pieces.append(text[position:found])
             pieces.append(self._rules.replace(match))
-            position = match.end()
+            position = search_from = match.end()
         end = max(position, cut)
         pieces.append(text[position:end])
         return b"".join(pieces), end

@@ -94,6 +94,31 @@ def test_compressed_json_decoded_and_translated(
     assert json.loads(raw) == expected_links(proxy.url, upstream)
 
 
+def test_undecodable_json_passed_and_logged(proxy: ProxyProcess, upstream: UpstreamServer) -> None:
+    response = requests.get(
+        f"{proxy.url}{PUBLIC}/links", params={"encoding": "x-unknown"}, stream=True, timeout=10
+    )
+    assert response.raw.read(decode_content=False) == links_document(upstream.origin)[::-1]
+    assert response.headers["Content-Encoding"] == "x-unknown"
+    assert "coding 'x-unknown' passed untranslated" in proxy.wait_for_line("passed untranslated")
+
+
+def test_request_body_of_buffer_limit_rewritten(
+    proxy: ProxyProcess, upstream: UpstreamServer
+) -> None:
+    head = f'{{"href": "{proxy.url}/x", "pad": "'.encode()
+    body = head + b"p" * (1024 * 1024 - len(head) - 2) + b'"}'
+    assert len(body) == 1024 * 1024
+    response = requests.post(
+        f"{proxy.url}{USER_CATALOGS}/alpha-ws/mirror",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert json.loads(response.content)["href"] == f"{upstream.origin}/x"
+    assert response.headers["X-Received-Content-Length"] == str(len(response.content))
+
+
 def test_rewritten_body_sent_chunked(proxy: ProxyProcess) -> None:
     reply = raw_request(
         proxy.port,

@@ -150,6 +150,8 @@ async def _links(request: web.Request) -> web.StreamResponse:
         body = gzip.compress(body)
     elif encoding == "deflate":
         body = zlib.compress(body)
+    elif encoding == "x-unknown":
+        body = body[::-1]
     headers = {
         "Content-Type": request.query.get("type", "application/json"),
         "Link": f'<{state.origin}{PUBLIC}/links?page=2>; rel="next"',
