@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from proxy import __version__
+from proxy.client_cli import add_client_commands, run_client_command
 from proxy.errors import ConfigError
 from proxy.log import configure
 from proxy.settings import (
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="address the demo proxy listens on (default: %(default)s)",
     )
     add_vault_commands(commands)
+    add_client_commands(commands, add_vault_flags)
     return parser
 
 
@@ -143,6 +145,13 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         help="URL template of a workspace's files host, with {workspace} as a host label or "
         f"path segment (default: {DEFAULT_FILES_UPSTREAM})",
     )
+    parser.add_argument(
+        "--insecure-no-client-auth",
+        action="store_true",
+        default=None,
+        help="allow listening beyond loopback with no clients in the vault, so that anyone "
+        "who can reach the port can use every token (default: off)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _vault(args)
         if args.command == "explain":
             return _explain(args)
+        if args.command == "client":
+            return run_client_command(args)
     except ConfigError as error:
         print(f"eodh-proxy: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -207,6 +218,7 @@ def _settings_flags(args: argparse.Namespace) -> dict[str, str | None]:
         "vault": args.vault,
         "ca_bundle": args.ca_bundle,
         "files_upstream": args.files_upstream,
+        "insecure_no_client_auth": args.insecure_no_client_auth,
     }
 
 

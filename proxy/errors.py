@@ -43,6 +43,10 @@ class ProxyError(Exception):
     def body(self) -> bytes:
         return json.dumps(self.problem()).encode()
 
+    def response_headers(self) -> dict[str, str]:
+        """Return headers the error response needs besides Content-Type."""
+        return {}
+
 
 class ClientRequestError(ProxyError):
     status = 400
@@ -83,6 +87,46 @@ class NoToken(ClientRequestError):
     status = 403
     title = "No token for workspace"
     kind = "no-token"
+
+
+class ClientUnauthorized(ClientRequestError):
+    """No valid gateway client credential: the client should retry with HTTP Basic."""
+
+    status = 401
+    title = "Client credentials required"
+    kind = "client-unauthorized"
+
+    def __init__(
+        self, detail: str, *, presented: bool = False, known_client: str | None = None
+    ) -> None:
+        super().__init__(detail)
+        # Whether the request carried a credential at all, as opposed to none.
+        self.presented = presented
+        # The client whose name came with a wrong key. An unknown presented name is
+        # never kept, because a user may have typed a key in its place.
+        self.known_client = known_client
+
+    def response_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Basic realm="eodh-proxy"'}
+
+
+class ClientForbidden(ClientRequestError):
+    status = 403
+    title = "Not granted to this client"
+    kind = "client-forbidden"
+
+
+class TooManyFailures(ClientRequestError):
+    status = 429
+    title = "Too many failed client credentials"
+    kind = "too-many-failures"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def response_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class UpstreamError(ProxyError):

@@ -17,6 +17,7 @@ from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 
 from proxy import guards, routes
+from proxy.clients import Client
 from proxy.credentials import choose_credential
 from proxy.errors import ProxyError, UpstreamBrokeOff
 from proxy.headers import client_response_headers, upstream_request_headers
@@ -43,6 +44,8 @@ class Plan:
     client_origin: str
     cors_origin: str | None
     links: Exchange
+    client: Client | None = None
+    """The gateway client that sent the request, or None when client credentials are off."""
 
 
 class VaultHolder:
@@ -61,10 +64,20 @@ class VaultHolder:
 
 
 class ProxyHandler:
-    def __init__(self, settings: Settings, vaults: VaultHolder, upstream: Upstream) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        vaults: VaultHolder,
+        upstream: Upstream,
+        *,
+        client_gate: guards.ClientGate | None = None,
+    ) -> None:
         self._vaults = vaults
         self._upstream = upstream
         self._upstream_origin = str(settings.upstream)
+        # Without a gate from the server, credentials are still required whenever
+        # the vault lists clients.
+        self.client_gate = client_gate or guards.ClientGate(required_without_clients=False)
         self.apply_settings(settings)
 
     def apply_settings(self, settings: Settings) -> None:
@@ -113,9 +126,17 @@ class ProxyHandler:
             host,
             self._host_policy,
         )
+        client = self.authenticate(request)
+
         route = routes.resolve(request.raw_path, self._families)
         request["workspace"] = route.workspace
+        if client is not None:
+            workspaces = [route.workspace] if route.workspace is not None else []
+            guards.check_grant(client, request.method, workspaces)
         credential = self._credential_for(route)
+        if client is not None and credential is not None:
+            # With default_workspace, the token may be another workspace's.
+            guards.check_grant(client, request.method, [credential.workspace])
         client_origin = f"http://{host}"
         return Plan(
             route=route,
@@ -123,7 +144,24 @@ class ProxyHandler:
             client_origin=client_origin,
             cors_origin=request.headers["Origin"] if cors else None,
             links=self._links.exchange(client_origin, route),
+            client=client,
         )
+
+    def authenticate(self, request: web.BaseRequest) -> Client | None:
+        """Return the gateway client that sent `request`, None when none is required, or raise."""
+        headers = request.headers
+        client = self.client_gate.check(
+            self._vaults.vault.clients,
+            path=request.raw_path.partition("?")[0],
+            remote=request.remote,
+            authorization_values=[
+                *headers.getall("Authorization", ()),
+                *headers.getall("Proxy-Authorization", ()),
+            ],
+        )
+        if client is not None:
+            request["client"] = client.name
+        return client
 
     def _credential_for(self, route: routes.Route) -> Credential | None:
         credential = choose_credential(

@@ -8,7 +8,12 @@ from proxy.errors import PROBLEM_JSON, ProxyError
 
 
 def problem_response(error: ProxyError) -> web.Response:
-    response = web.Response(status=error.status, body=error.body(), content_type=PROBLEM_JSON)
+    response = web.Response(
+        status=error.status,
+        body=error.body(),
+        content_type=PROBLEM_JSON,
+        headers=error.response_headers(),
+    )
     if error.close_connection:
         response.force_close()
     return response

@@ -31,7 +31,7 @@ from enum import Enum
 from urllib.parse import unquote
 
 from proxy.errors import PathRejected
-from proxy.vault import WORKSPACE_NAME, WORKSPACE_NAME_RULE
+from proxy.names import WORKSPACE_NAME, WORKSPACE_NAME_RULE
 
 DEFAULT_FAMILIES = (
     "/api/catalogue/stac/catalogs/user/catalogs",

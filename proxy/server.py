@@ -14,8 +14,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from proxy import exposure
 from proxy.errors import ClientRequestError, ConfigError, ProxyError
 from proxy.forward import ProxyHandler, VaultHolder
+from proxy.guards import ClientGate
 from proxy.log import access_line, access_log, log
 from proxy.problem import problem_response
 from proxy.reload import Reloader
@@ -73,6 +75,8 @@ class Proxy:
         self._runner: web.ServerRunner | None = None
         self.port: int | None = None
         access_log.disabled = not settings.access_log
+        self.exposed = False
+        """Whether the listener is beyond loopback (a wildcard address counts as beyond)."""
 
     def apply_settings(self, settings: Settings) -> None:
         """Use reloaded settings for new requests; see `proxy.reload` for which fields change."""
@@ -82,7 +86,18 @@ class Proxy:
         access_log.disabled = not settings.access_log
 
     async def start(self) -> None:
+        sock = bind_socket(self.settings.listen_host, self.settings.listen_port)
+        self.exposed = not exposure.is_loopback_address(sock.getsockname()[0])
+        try:
+            exposure.check_exposure(self.settings, self.vaults.vault, exposed=self.exposed)
+        except ConfigError:
+            sock.close()
+            raise
+
         await self.upstream.start()
+        self.handler.client_gate = ClientGate(
+            required_without_clients=self.exposed and not self.settings.insecure_no_client_auth
+        )
         handler = self.handler
         # auto_decompress=False: a compressed upload is forwarded as sent, with its Content-Encoding.
         server = _ProxyServer(
@@ -90,7 +105,7 @@ class Proxy:
         )
         self._runner = web.ServerRunner(server, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.SockSite(self._runner, bind_socket(self.settings.listen_host, self.settings.listen_port))
+        site = web.SockSite(self._runner, sock)
         await site.start()
         self.port = site._sock.getsockname()[1]
 
@@ -135,7 +150,11 @@ def log_startup(proxy: Proxy) -> None:
     log.info("upstream %s", settings.upstream)
     log.info("event loop %s", type(asyncio.get_running_loop()).__module__.partition(".")[0])
     log.info("vault %s: workspaces %s", vault.path, ", ".join(vault.workspaces) or "(none)")
-    for warning in (*vault.warnings, *vault_warnings(vault)):
+    log.info("allowed hosts %s", ", ".join(settings.allowed_hosts))
+    if vault.clients:
+        log.info("client credentials required: clients %s", ", ".join(sorted(vault.clients)))
+    exposure_warnings = exposure.exposure_warnings(settings, vault, exposed=proxy.exposed)
+    for warning in (*vault.warnings, *vault_warnings(vault), *exposure_warnings):
         log.warning("%s", warning)
 
 

@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 from proxy.errors import ConfigError
 from proxy.guards import DEFAULT_ALLOWED_HOSTS
+from proxy.names import WORKSPACE_NAME, WORKSPACE_NAME_RULE
 from proxy.routes import DEFAULT_FAMILIES, WORKSPACE_PLACEHOLDER, check_family_prefix
 from proxy.upstream import is_loopback_host
-from proxy.vault import WORKSPACE_NAME, WORKSPACE_NAME_RULE
 from proxy.yamlfile import LinedDict, load_mapping, type_name
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -78,6 +78,7 @@ class Settings:
     """URL template of a workspace's files host, with `{workspace}` once in the host or path."""
     reload_interval: float = DEFAULT_RELOAD_INTERVAL
     """Seconds between checks of the vault and config files for changes; 0 turns polling off."""
+    insecure_no_client_auth: bool = False
 
     @property
     def listen(self) -> str:
@@ -102,6 +103,7 @@ CONFIG_KEYS = (
     "rewrite_links",
     "files_upstream",
     "reload_interval",
+    "insecure_no_client_auth",
 )
 
 
@@ -151,6 +153,7 @@ def load_settings(flags: Mapping[str, Any], *, read_config: bool = True) -> Sett
         reload_interval=_parse_seconds(
             *value_of("reload_interval", DEFAULT_RELOAD_INTERVAL), allow_zero=True, maximum=3600
         ),
+        insecure_no_client_auth=_parse_bool(*value_of("insecure_no_client_auth", False)),
     )
 
 

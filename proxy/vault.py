@@ -26,15 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from proxy.clients import Client, parse_clients
 from proxy.errors import ConfigError
+from proxy.names import WORKSPACE_NAME, WORKSPACE_NAME_RULE
 from proxy.yamlfile import LinedDict, load_mapping, parse_mapping, type_name
 
-# A workspace name is one path segment and, for workspace files, one DNS label.
-WORKSPACE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z", re.IGNORECASE)
-WORKSPACE_NAME_RULE = "letters, digits and inner hyphens, at most 63 characters"
-
 TOKEN_SOURCES = ("token", "token_file", "token_env")
-_VAULT_KEYS = ("workspaces",)
+_VAULT_KEYS = ("workspaces", "clients")
 _ENTRY_KEYS = (*TOKEN_SOURCES, "expires")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # A token file is read up to its first line break; anything longer than this is not a token.
@@ -93,6 +91,8 @@ class Vault:
     """Files named by `token_file` entries, watched for changes like the vault itself."""
     warnings: tuple[str, ...] = ()
     """Problems that do not stop the vault loading, such as a file others can read."""
+    clients: Mapping[str, Client] = field(default_factory=lambda: MappingProxyType({}))
+    """Gateway clients by name; when there are any, every request needs a client credential."""
 
     def get(self, workspace: str) -> Credential | None:
         return self.credentials.get(workspace)
@@ -125,6 +125,7 @@ class ParsedVault:
     path: Path
     entries: tuple[Entry, ...]
     warnings: tuple[str, ...]
+    clients: Mapping[str, Client] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def load_vault(path: Path, environ: Mapping[str, str] | None = None) -> Vault:
@@ -150,6 +151,7 @@ def load_vault(path: Path, environ: Mapping[str, str] | None = None) -> Vault:
         credentials=MappingProxyType(credentials),
         token_files=tuple(token_files),
         warnings=tuple(warnings),
+        clients=parsed.clients,
     )
 
 
@@ -158,12 +160,15 @@ def parse_entries(path: Path) -> ParsedVault:
     data = load_mapping(path, "vault")
     warning = check_file_mode(path, "vault file")
     entries = _parse_data(path, data)
-    return ParsedVault(path, entries, () if warning is None else (warning,))
+    clients = parse_clients(path, data)
+    return ParsedVault(path, entries, () if warning is None else (warning,), clients)
 
 
 def check_vault_text(path: Path, text: str) -> None:
     """Validate `text` as the new content of the vault file `path`, before it is written."""
-    _parse_data(path, parse_mapping(text, path, "vault"))
+    data = parse_mapping(text, path, "vault")
+    _parse_data(path, data)
+    parse_clients(path, data)
 
 
 def _parse_data(path: Path, data: LinedDict) -> tuple[Entry, ...]:

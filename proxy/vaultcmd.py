@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import TextIO
 
 from proxy.errors import ConfigError
+from proxy.names import WORKSPACE_NAME, WORKSPACE_NAME_RULE
 from proxy.vault import (
-    WORKSPACE_NAME,
-    WORKSPACE_NAME_RULE,
     Token,
     check_token_text,
     check_vault_text,

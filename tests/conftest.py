@@ -24,7 +24,10 @@ READY = re.compile(r"listening on http://(?P<address>\S+)")
 class ProxyProcess:
     """`python -m proxy ARGS` as a child process, with its standard error collected."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, *, prefix: tuple[str, ...] = ()
+    ) -> None:
+        """`prefix` goes before the Python command, such as `ip netns exec NAME`."""
         self.args = args
         self.lines: list[str] = []
         self._line_added = threading.Condition()
@@ -32,7 +35,7 @@ class ProxyProcess:
         self._done = threading.Event()
         self.address = ""
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "proxy", *args],
+            [*prefix, sys.executable, "-m", "proxy", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
