@@ -104,7 +104,7 @@ def _add(path: Path, name: str, workspaces: list[str], *, read_only: bool) -> in
         "Its key, shown only this once (the vault keeps only its SHA-256 digest):\n\n"
         f"  {key}\n\n"
         f"Use it as http://{name}:{key}@HOST:PORT/... or curl -u {name}:{key} ...\n"
-        "A running proxy accepts the client once it loads the vault again.",
+        "A running proxy accepts the client once it reloads the vault.",
         flush=True,
     )
     _note_layout(path, change)

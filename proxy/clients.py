@@ -81,6 +81,21 @@ def new_key() -> str:
     return secrets.token_urlsafe(32)
 
 
+def describe_changes(old: Mapping[str, Client], new: Mapping[str, Client]) -> str | None:
+    """Return which clients were added, removed or changed (key or grants), or None."""
+    changed = sorted(name for name in set(old) & set(new) if old[name] != new[name])
+    parts = [
+        f"{label} {', '.join(names)}"
+        for label, names in (
+            ("added", sorted(set(new) - set(old))),
+            ("removed", sorted(set(old) - set(new))),
+            ("changed", changed),
+        )
+        if names
+    ]
+    return "; ".join(parts) or None
+
+
 def parse_clients(path: Path, data: LinedDict) -> Mapping[str, Client]:
     """Validate the vault's `clients:` section, raising a one-line `ConfigError` on a mistake."""
     section = data.get("clients")

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from proxy import exposure
+from proxy import clients, exposure
 from proxy.errors import ClientRequestError, ConfigError, ProxyError
 from proxy.forward import ProxyHandler, VaultHolder
 from proxy.guards import ClientGate
@@ -84,6 +84,17 @@ class Proxy:
         self.upstream.set_timeouts(settings.connect_timeout, settings.read_timeout)
         self.handler.apply_settings(settings)
         access_log.disabled = not settings.access_log
+
+    def vault_reloaded(self, old: Vault, new: Vault) -> None:
+        """Log what a vault reload changed for the gateway's clients."""
+        changes = clients.describe_changes(old.clients, new.clients)
+        if changes is not None:
+            log.info("clients %s", changes)
+        if old.clients and not new.clients and self.handler.client_gate.required_without_clients:
+            log.warning(
+                "the vault lists no clients now, so every request to this listener beyond "
+                "loopback is rejected until a client is added"
+            )
 
     async def start(self) -> None:
         sock = bind_socket(self.settings.listen_host, self.settings.listen_port)
@@ -207,7 +218,9 @@ async def _serve(
 ) -> None:
     proxy = Proxy(settings, vault)
     # The reloader takes its first stamps of the files now, before "listening" is logged.
-    reloader = Reloader(proxy.vaults, settings, flags, proxy.apply_settings)
+    reloader = Reloader(
+        proxy.vaults, settings, flags, proxy.apply_settings, on_vault=proxy.vault_reloaded
+    )
     await proxy.start()
     log_startup(proxy)
     watcher = asyncio.create_task(reloader.watch())

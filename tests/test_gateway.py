@@ -330,7 +330,6 @@ def test_default_workspace_token_needs_grant(
 # --- Safe exposure -------------------------------------------------------------------------------
 
 
-
 def test_wildcard_listen_without_clients_refused(
     upstream: UpstreamServer, tmp_path: Path, isolated_env: dict[str, str]
 ) -> None:
@@ -394,6 +393,79 @@ def test_wildcard_listen_with_clients_requires_them(
         assert requests.get(base, auth=("alice", key_of("alice")), timeout=10).status_code == 200
         process.wait_for_line("client credentials required: clients alice, guest, ops, reader")
         process.wait_for_line("allowed_hosts lists only loopback names")
+    finally:
+        process.stop()
+
+
+def replace_file(path: Path, text: str) -> None:
+    """Write `text` to `path` by renaming a new file over it, as editors and tools do."""
+    temporary = path.with_suffix(".new")
+    temporary.write_text(text)
+    temporary.chmod(0o600)
+    os.replace(temporary, path)
+
+
+def test_clients_reloaded_while_serving(
+    upstream: UpstreamServer, tmp_path: Path, isolated_env: dict[str, str]
+) -> None:
+    vault = write_gateway_vault(tmp_path / "vault.yaml")
+    process = ProxyProcess(serve_args(upstream, vault, "127.0.0.1:0"), env=isolated_env)
+    process.wait_ready()
+    try:
+        added = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "proxy",
+                "client",
+                "add",
+                "newbie",
+                "--workspace",
+                "beta-ws",
+                "--vault",
+                str(vault),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+        key = added.split("\n\n")[1].strip()
+        process.wait_for_line("clients added newbie")
+        subprocess.run(
+            [sys.executable, "-m", "proxy", "client", "remove", "alice", "--vault", str(vault)],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        process.wait_for_line("clients removed alice")
+
+        url = f"{process.url}{BETA}/processes"
+        assert requests.get(url, auth=("newbie", key), timeout=10).status_code == 200
+        removed = requests.get(
+            f"{process.url}{ALPHA}/processes", auth=("alice", key_of("alice")), timeout=10
+        )
+        assert removed.status_code == 401
+    finally:
+        process.stop()
+    assert key not in process.output
+
+
+def test_emptied_clients_close_exposed_listener(
+    upstream: UpstreamServer, tmp_path: Path, isolated_env: dict[str, str]
+) -> None:
+    vault = write_gateway_vault(tmp_path / "vault.yaml")
+    process = ProxyProcess(serve_args(upstream, vault, "0.0.0.0:0"), env=isolated_env)
+    process.wait_ready()
+    try:
+        url = f"http://127.0.0.1:{process.port}{ALPHA}/processes"
+        assert requests.get(url, auth=("alice", key_of("alice")), timeout=10).status_code == 200
+
+        with_clients = vault.read_text()
+        replace_file(vault, with_clients[: with_clients.index("clients:")])
+        process.wait_for_line("the vault lists no clients now")
+        assert requests.get(url, timeout=10).status_code == 401
+        assert requests.get(url, auth=("alice", key_of("alice")), timeout=10).status_code == 401
     finally:
         process.stop()
 
