@@ -40,7 +40,14 @@ from proxy.rewrite import (
     rewrite_text,
     translate_location,
 )
-from proxy.routes import FILES_SEGMENT, WORKSPACE_PLACEHOLDER, Route, UpstreamKind, files_base
+from proxy.routes import (
+    FILES_SEGMENT,
+    MOUNT_SEGMENT,
+    WORKSPACE_PLACEHOLDER,
+    Route,
+    UpstreamKind,
+    files_base,
+)
 
 BUFFERED_REQUEST_MAX = 1024 * 1024
 _LOCATION_HEADERS = frozenset({"location", "content-location"})
@@ -97,14 +104,18 @@ class LinkTranslator:
             Translation(self.files_upstream, files_on_proxy),
             Translation(self.upstream_origin, client_origin + api_prefix),
         )
-        to_upstream = [Translation(files_on_proxy, self.files_upstream)]
-        if api_prefix:
-            to_upstream.append(Translation(client_origin + api_prefix, self.upstream_origin))
-        to_upstream.append(Translation(client_origin, self.upstream_origin))
+        # Links under any mount go back to the API, whichever route this request took.
+        to_upstream = (
+            Translation(files_on_proxy, self.files_upstream),
+            Translation(
+                f"{client_origin}/{MOUNT_SEGMENT}/{WORKSPACE_PLACEHOLDER}", self.upstream_origin
+            ),
+            Translation(client_origin, self.upstream_origin),
+        )
         return Exchange(
             enabled=self.enabled,
             to_client=compile_rules(to_client),
-            to_upstream=compile_rules(tuple(to_upstream)),
+            to_upstream=compile_rules(to_upstream),
             relative_base=self._origin_of(route) if route.mount else "",
         )
 
@@ -184,6 +195,9 @@ class Exchange:
                 if lower == "content-encoding" and body.coding:
                     continue
                 if lower == "etag" and not value.startswith("W/"):
+                    # The bytes differ from the upstream's, and a range of them would not
+                    # match. NOTE: an If-Match with this weak tag fails at the upstream,
+                    # which compares strongly.
                     value = "W/" + value
             yield name, value
 

@@ -56,9 +56,10 @@ _IDENTITY = frozenset({"", "identity"})
 class Translation:
     """A URL prefix `source` and the prefix `target` that replaces it.
 
-    Both may contain `{workspace}` once (both or neither), and the workspace
-    label matched in `source` is written into `target`. `source` starts with an
-    origin (`scheme://host[:port]`), optionally followed by a path prefix.
+    `source` may contain `{workspace}` once, matching one DNS label. `target`
+    may contain it too, and then gets the label matched in `source`. `source`
+    starts with an origin (`scheme://host[:port]`), optionally followed by a
+    path prefix.
     """
 
     source: str

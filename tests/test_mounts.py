@@ -146,6 +146,12 @@ def test_request_links_under_mount_restored(proxy: ProxyProcess, upstream: Upstr
     assert received["plain"] == f"{upstream.origin}{PUBLIC}/items/2"
 
 
+def test_other_mount_links_restored(proxy: ProxyProcess, upstream: UpstreamServer) -> None:
+    sent = {"href": f"{proxy.url}/as/beta-ws{PUBLIC}/items/1"}
+    response = requests.post(f"{proxy.url}{USER_CATALOGS}/alpha-ws/mirror", json=sent, timeout=10)
+    assert json.loads(response.content)["href"] == f"{upstream.origin}{PUBLIC}/items/1"
+
+
 def test_access_line_names_mount_workspace(proxy: ProxyProcess) -> None:
     requests.post(f"{proxy.url}/as/beta-ws{QUOTE}", json={}, timeout=10)
     line = proxy.wait_for_line(f'"POST /as/beta-ws{QUOTE}"')

@@ -161,6 +161,12 @@ def test_path_prefix_matched_as_whole_segment() -> None:
     assert rewrite_text(CLIENT + "/as/a-ws2/x", rules) == CLIENT + "/as/a-ws2/x"
 
 
+def test_placeholder_dropped_from_target() -> None:
+    rules = compile_rules((Translation(CLIENT + "/as/{workspace}", UPSTREAM),))
+    assert rewrite_text(CLIENT + "/as/b-ws/api/x", rules) == UPSTREAM + "/api/x"
+    assert rewrite_text(CLIENT + "/as/b_ws/api/x", rules) == CLIENT + "/as/b_ws/api/x"
+
+
 def test_request_direction_restores_upstream() -> None:
     body = rewrite_in_chunks(EXPECTED, [7], TO_UPSTREAM)
     assert body == SAMPLE
