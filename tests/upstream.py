@@ -10,8 +10,10 @@ import json
 import threading
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from proxy import standin
@@ -42,10 +44,16 @@ async def _echo(request: web.Request) -> web.Response:
 
 
 async def _download(request: web.Request) -> web.StreamResponse:
-    """Stream `size` bytes of a repeating pattern, with a Content-Length."""
+    """Stream `size` bytes of a repeating pattern, with a Content-Length.
+
+    With `framing=chunked` the body is sent chunked, with no Content-Length.
+    """
     size = int(request.query["size"])
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    response.content_length = size
+    if request.query.get("framing") == "chunked":
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = size
     await response.prepare(request)
     remaining = size if request.method != "HEAD" else 0
     while remaining:
@@ -88,6 +96,47 @@ async def _silent(request: web.Request) -> web.Response:
     """Never answer (until the test ends)."""
     await asyncio.Event().wait()
     raise AssertionError("unreachable")
+
+
+@dataclass
+class Watch:
+    """How one request to the `watched` route ended, seen from the upstream.
+
+    The handler runs on the server's thread; a test waits on the events.
+    """
+
+    started: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+    outcome: str = ""
+
+
+WATCHES_KEY = web.AppKey("watches", dict[str, Watch])
+
+
+async def _watched(request: web.Request) -> web.Response:
+    """Read the body (or, for GET, wait forever) and record how the request ended.
+
+    The outcome is "read N bytes", "read failed: ERROR" or "cancelled"; the last
+    needs a server that cancels handlers when the connection closes.
+    """
+    watch = request.app[WATCHES_KEY][request.match_info["name"]]
+    watch.started.set()
+    try:
+        if request.method == "GET":
+            await asyncio.Event().wait()
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+        watch.outcome = f"read {size} bytes"
+        return web.Response(text=watch.outcome)
+    except asyncio.CancelledError:
+        watch.outcome = "cancelled"
+        raise
+    except (ConnectionError, aiohttp.ClientPayloadError) as error:
+        watch.outcome = f"read failed: {type(error).__name__}"
+        raise
+    finally:
+        watch.ended.set()
 
 
 async def _headers(request: web.Request) -> web.Response:
@@ -249,6 +298,8 @@ def build_app() -> web.Application:
     app.router.add_route("*", ws + "/upload", _upload)
     app.router.add_get(ws + "/break-off", _break_off)
     app.router.add_get(ws + "/silent", _silent)
+    app.router.add_route("*", ws + "/watched/{name}", _watched)
+    app[WATCHES_KEY] = {}
     app.router.add_get(ws + "/headers", _headers)
     app.router.add_get(PUBLIC + "/redirect", _redirect)
     app.router.add_get(PUBLIC + "/gzip", _gzip)
@@ -258,9 +309,13 @@ def build_app() -> web.Application:
     return app
 
 
-async def _serve_on_loopback(app: web.Application) -> tuple[web.AppRunner, str]:
+async def _serve_on_loopback(
+    app: web.Application, *, handler_cancellation: bool = False
+) -> tuple[web.AppRunner, str]:
     """Start `app` on a free loopback port; return its runner and origin."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=0.5, handler_cancellation=handler_cancellation
+    )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -271,8 +326,14 @@ async def _serve_on_loopback(app: web.Application) -> tuple[web.AppRunner, str]:
 class UpstreamServer:
     """The extended stand-in, served from its own event loop in a background thread."""
 
-    def __init__(self, make_app: Callable[[], web.Application] = build_app) -> None:
+    def __init__(
+        self,
+        make_app: Callable[[], web.Application] = build_app,
+        *,
+        handler_cancellation: bool = False,
+    ) -> None:
         self._make_app = make_app
+        self._handler_cancellation = handler_cancellation
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -294,7 +355,9 @@ class UpstreamServer:
 
     async def _start(self) -> None:
         self.app = self._make_app()
-        self._runner, self.origin = await _serve_on_loopback(self.app)
+        self._runner, self.origin = await _serve_on_loopback(
+            self.app, handler_cancellation=self._handler_cancellation
+        )
         self.app[STANDIN_KEY].origin = self.origin
 
         files_app = build_files_app(self.app[STANDIN_KEY])
@@ -308,6 +371,13 @@ class UpstreamServer:
         gate = Gate(self._loop)
         self.app[GATES_KEY][name] = gate
         return gate
+
+    def watch(self, name: str) -> Watch:
+        """Register a `Watch` for requests to `<workspace>/watched/<name>`."""
+        assert self.app is not None
+        watch = Watch()
+        self.app[WATCHES_KEY][name] = watch
+        return watch
 
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run `function` on the server's loop and return its result."""
