@@ -54,7 +54,7 @@ class SizedPattern:
 
 
 def download(url: str) -> tuple[requests.Response, int, str]:
-    """GET `url` as a stream; return the response, the body size and its SHA-256."""
+    """Download `url` as a stream and return the response, the body size and its SHA-256."""
     digest = hashlib.sha256()
     size = 0
     with requests.get(url, stream=True, timeout=30) as response:

@@ -116,8 +116,8 @@ WATCHES_KEY = web.AppKey("watches", dict[str, Watch])
 async def _watched(request: web.Request) -> web.Response:
     """Read the body (or, for GET, wait forever) and record how the request ended.
 
-    The outcome is "read N bytes", "read failed: ERROR" or "cancelled"; the last
-    needs a server that cancels handlers when the connection closes.
+    The outcome is "read N bytes", "read failed: ERROR" or "cancelled". Only a server
+    that cancels handlers when the connection closes can record "cancelled".
     """
     watch = request.app[WATCHES_KEY][request.match_info["name"]]
     watch.started.set()
