@@ -48,6 +48,18 @@ class Plan:
     """The gateway client that sent the request, or None when client credentials are off."""
 
 
+@dataclass(slots=True)
+class Relayed:
+    """The status and body bytes sent to the client, kept for the access line.
+
+    The relay fills it in as it goes, so it is still right when the relay ends
+    with an exception after the status line was sent.
+    """
+
+    status: int | None = None
+    sent: int = 0
+
+
 class VaultHolder:
     """The vault in use; a reload swaps it whole, so a request sees one vault throughout."""
 
@@ -93,11 +105,11 @@ class ProxyHandler:
         started = time.perf_counter()
         workspace = "-"
         response: web.StreamResponse | None = None
-        sent = 0
+        relayed = Relayed()
         try:
             plan = self.plan(request)
             workspace = plan.route.workspace or "-"
-            response, sent = await self.relay(request, plan)
+            response = await self.relay(request, plan, relayed)
         except ProxyError as error:
             workspace = request.get("workspace") or "-"
             response = problem_response(error)
@@ -108,11 +120,12 @@ class ProxyHandler:
             if error.status >= 500:
                 log.warning("%s %s: %s", request.method, _path_of(request), error.detail)
         finally:
-            status = response.status if response is not None else 499
+            # 499: the client left (or the relay broke off) before a status line was sent.
+            status = response.status if response is not None else relayed.status or 499
             duration_ms = (time.perf_counter() - started) * 1000
             access_line.write(
-                request.remote, request.method, _path_of(request), workspace, status, sent,
-                duration_ms,
+                request.remote, request.method, _path_of(request), workspace, status,
+                relayed.sent, duration_ms,
             )
         return response
 
@@ -175,8 +188,10 @@ class ProxyHandler:
             )
         return credential
 
-    async def relay(self, request: web.BaseRequest, plan: Plan) -> tuple[web.StreamResponse, int]:
-        """Send the request upstream and stream the response back; return it and its body size."""
+    async def relay(
+        self, request: web.BaseRequest, plan: Plan, relayed: Relayed
+    ) -> web.StreamResponse:
+        """Send the request upstream, stream the response back and record progress in `relayed`."""
         authorization = None
         if plan.credential is not None:
             authorization = "Bearer " + plan.credential.token.reveal()
@@ -187,7 +202,6 @@ class ProxyHandler:
         body = await _request_body(request, headers, plan.links)
         url = routes.upstream_url(plan.route, self._upstream_origin, self._settings.files_upstream)
 
-        sent = 0
         async with self._upstream.request(request.method, url, headers, body) as upstream:
             response = _CoalescingResponse(status=upstream.status, reason=upstream.reason)
             body_rewrite = plan.links.response_body_rewrite(
@@ -212,6 +226,7 @@ class ProxyHandler:
                 response.headers["Access-Control-Allow-Origin"] = plan.cors_origin
                 response.headers.add("Vary", "Origin")
             writer = await response.prepare(request)
+            relayed.status = response.status
             if writer is not None and not self._upstream.body_started(upstream):
                 # The body may be slow to come (a long poll, say): the client gets
                 # the status and headers now, not with the first chunk.
@@ -233,7 +248,7 @@ class ProxyHandler:
                     else:
                         held = b""
                         await response.write(chunk)
-                    sent += len(chunk)
+                    relayed.sent += len(chunk)
             except UpstreamBrokeOff as error:
                 # The status line is gone: the only honest signal left is a broken connection.
                 log.warning("%s %s: %s", request.method, _path_of(request), error.detail)
@@ -241,7 +256,7 @@ class ProxyHandler:
                     request.transport.abort()
                 raise ConnectionResetError(error.detail) from error
             await response.write_eof(held)
-        return response, sent
+        return response
 
 
 class _CoalescingResponse(web.StreamResponse):

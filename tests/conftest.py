@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -81,6 +81,22 @@ class ProxyProcess:
         found = find()
         assert found is not None, f"no line with {needle!r} in:\n{self.output[-2000:]}"
         return found
+
+
+    def wait_for_line(self, pattern: str, timeout: float = 10) -> str:
+        """Wait until an output line matches the regular expression `pattern`, and return it."""
+        compiled = re.compile(pattern)
+
+        def find() -> str | None:
+            matching = [line for line in self.lines if compiled.search(line)]
+            return matching[-1] if matching else None
+
+        with self._new_line:
+            self._new_line.wait_for(lambda: find() is not None or self._done.is_set(), timeout)
+            line = find()
+        if line is None:
+            raise AssertionError(f"no output line matches {pattern!r}:\n{self.output[-3000:]}")
+        return line
 
     @property
     def url(self) -> str:
@@ -203,3 +219,24 @@ def response_body(reply: bytes) -> bytes:
     response = http.client.HTTPResponse(_ReplySocket(reply))  # type: ignore[arg-type]
     response.begin()
     return response.read()
+
+
+@pytest.fixture
+def start_proxy(isolated_env: dict[str, str]) -> Iterator[Callable[..., ProxyProcess]]:
+    """Start `python -m proxy serve ARGS...` processes for one test.
+
+    After the test each is stopped, and its output is checked for tokens.
+    """
+    started: list[ProxyProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> ProxyProcess:
+        process = ProxyProcess(["serve", *args], env={**isolated_env, **(env or {})})
+        started.append(process)
+        return process.wait_ready()
+
+    yield start
+    for process in started:
+        process.stop()
+    for process in started:
+        leaked = [workspace for workspace, token in TOKENS.items() if token in process.output]
+        assert leaked == [], f"tokens of {leaked} appeared in the proxy's output"

@@ -82,11 +82,20 @@ async def _upload(request: web.Request) -> web.Response:
 
 
 async def _break_off(request: web.Request) -> web.StreamResponse:
-    """Promise 1 MiB, send 100 KiB, then drop the connection."""
+    """Promise 1 MiB, send 100 KiB, then drop the connection.
+
+    With `framing=chunked` the body is chunked instead. With `end=stall` the
+    connection stays open and silent instead of being dropped.
+    """
     response = web.StreamResponse()
-    response.content_length = 1024 * 1024
+    if request.query.get("framing") == "chunked":
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = 1024 * 1024
     await response.prepare(request)
     await response.write(b"x" * 100 * 1024)
+    if request.query.get("end") == "stall":
+        await asyncio.Event().wait()
     assert request.transport is not None
     request.transport.abort()
     return response
