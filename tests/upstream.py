@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import hashlib
 import json
+import ssl
 import threading
 import zlib
 from collections.abc import Callable
@@ -319,30 +320,44 @@ def build_app() -> web.Application:
 
 
 async def _serve_on_loopback(
-    app: web.Application, *, handler_cancellation: bool = False
+    app: web.Application,
+    *,
+    handler_cancellation: bool = False,
+    host_name: str = "127.0.0.1",
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[web.AppRunner, str]:
-    """Start `app` on a free loopback port; return its runner and origin."""
+    """Start `app` on a free loopback port and return its runner and its origin on `host_name`."""
     runner = web.AppRunner(
         app, access_log=None, shutdown_timeout=0.5, handler_cancellation=handler_cancellation
     )
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}"
+    scheme = "https" if ssl_context is not None else "http"
+    return runner, f"{scheme}://{host_name}:{port}"
 
 
 class UpstreamServer:
-    """The extended stand-in, served from its own event loop in a background thread."""
+    """The extended stand-in, served from its own event loop in a background thread.
+
+    It always listens on 127.0.0.1. `host_name` is the host in its origin (its own
+    links), for tests that reach it by another name through an outgoing proxy.
+    With `ssl_context` it serves HTTPS.
+    """
 
     def __init__(
         self,
         make_app: Callable[[], web.Application] = build_app,
         *,
         handler_cancellation: bool = False,
+        host_name: str = "127.0.0.1",
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._make_app = make_app
         self._handler_cancellation = handler_cancellation
+        self._host_name = host_name
+        self._ssl_context = ssl_context
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -365,7 +380,10 @@ class UpstreamServer:
     async def _start(self) -> None:
         self.app = self._make_app()
         self._runner, self.origin = await _serve_on_loopback(
-            self.app, handler_cancellation=self._handler_cancellation
+            self.app,
+            handler_cancellation=self._handler_cancellation,
+            host_name=self._host_name,
+            ssl_context=self._ssl_context,
         )
         self.app[STANDIN_KEY].origin = self.origin
 
@@ -380,6 +398,10 @@ class UpstreamServer:
         gate = Gate(self._loop)
         self.app[GATES_KEY][name] = gate
         return gate
+
+    @property
+    def port(self) -> int:
+        return int(self.origin.rsplit(":", 1)[1])
 
     def watch(self, name: str) -> Watch:
         """Register a `Watch` for requests to `<workspace>/watched/<name>`."""
