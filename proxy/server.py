@@ -105,7 +105,11 @@ class Proxy:
             sock.close()
             raise
 
-        await self.upstream.start()
+        try:
+            await self.upstream.start()
+        except BaseException:
+            sock.close()
+            raise
         self.handler.client_gate = ClientGate(
             required_without_clients=self.exposed and not self.settings.insecure_no_client_auth
         )

@@ -122,20 +122,26 @@ def load_settings(flags: Mapping[str, Any], *, read_config: bool = True) -> Sett
     def value_of(key: str, default: Any) -> tuple[Any, str]:
         return raw.get(key, (default, f"default '{key}'"))
 
+    def base_of(key: str) -> Path | None:
+        # A relative path from the config file is taken from the file's folder, and one
+        # from a flag is taken from the working directory.
+        from_config = key in config and flags.get(key) is None
+        return config_path.parent if from_config and config_path is not None else None
+
     listen_host, listen_port = parse_listen(*value_of("listen", DEFAULT_LISTEN))
     allow_http = _parse_bool(*value_of("allow_http_upstream", False))
     upstream = parse_upstream(*value_of("upstream", DEFAULT_UPSTREAM), allow_http=allow_http)
     vault_value, vault_where = value_of("vault", str(default_vault_path()))
     ca_value, ca_where = value_of("ca_bundle", None)
-    base = config_path.parent if config_path is not None else Path.cwd()
+    ca_bundle = None if ca_value is None else _parse_path(ca_value, ca_where, base_of("ca_bundle"))
 
     return Settings(
         listen_host=listen_host,
         listen_port=listen_port,
         upstream=upstream,
-        vault_path=_parse_path(vault_value, vault_where, base if "vault" in config else None),
+        vault_path=_parse_path(vault_value, vault_where, base_of("vault")),
         config_path=config_path,
-        ca_bundle=None if ca_value is None else _parse_path(ca_value, ca_where, base),
+        ca_bundle=ca_bundle,
         routes=_parse_routes(*value_of("routes", list(DEFAULT_FAMILIES))),
         default_workspace=_parse_workspace(*value_of("default_workspace", None)),
         connect_timeout=_parse_seconds(*value_of("connect_timeout", DEFAULT_CONNECT_TIMEOUT)),

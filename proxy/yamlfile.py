@@ -71,6 +71,11 @@ def parse_mapping(text: str, path: Path, what: str) -> LinedDict:
         mark = exc.problem_mark or exc.context_mark
         where = f", line {mark.line + 1}" if mark is not None else ""
         problem = exc.problem or exc.context or "invalid YAML"
+        # PyYAML reports an unclosed quote or bracket where the file ends, so name its start too.
+        start = exc.context_mark
+        if exc.problem and exc.context and start is not None and mark is not None:
+            if start.line != mark.line:
+                problem += f" ({exc.context} that started on line {start.line + 1})"
         raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
