@@ -82,22 +82,6 @@ class ProxyProcess:
         assert found is not None, f"no line with {needle!r} in:\n{self.output[-2000:]}"
         return found
 
-
-    def wait_for_line(self, pattern: str, timeout: float = 10) -> str:
-        """Wait until an output line matches the regular expression `pattern`, and return it."""
-        compiled = re.compile(pattern)
-
-        def find() -> str | None:
-            matching = [line for line in self.lines if compiled.search(line)]
-            return matching[-1] if matching else None
-
-        with self._new_line:
-            self._new_line.wait_for(lambda: find() is not None or self._done.is_set(), timeout)
-            line = find()
-        if line is None:
-            raise AssertionError(f"no output line matches {pattern!r}:\n{self.output[-3000:]}")
-        return line
-
     @property
     def url(self) -> str:
         return f"http://{self.address}"

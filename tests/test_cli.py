@@ -112,7 +112,8 @@ MISTAKES = [
     Mistake(
         "vault-unknown-key",
         ("--vault", "{folder}/vault.yaml"),
-        ("{folder}/vault.yaml, line 4: unknown key 'colour' in workspace 'a-ws'", "token, expires"),
+        ("{folder}/vault.yaml, line 4: unknown key 'colour' in workspace 'a-ws'",
+         "(expected one of: token,"),
         files={"vault.yaml": "workspaces:\n  a-ws:\n    token: 'x1'\n    colour: red\n"},
     ),
     Mistake(
