@@ -319,11 +319,14 @@ def test_startup_lines_name_everything_but_tokens(
     )
     proxy = start_proxy("--listen", "127.0.0.1:0", "--upstream", upstream.origin,
                         "--vault", str(vault))
-    warning = proxy.wait_for_line(r"WARNING token for workspace alpha-ws")
+    warning = proxy.wait_for_line("WARNING token for workspace alpha-ws")
+    listening = proxy.wait_for_line(" INFO listening on ")
+    upstream_line = proxy.wait_for_line(" INFO upstream ")
+    vault_line = proxy.wait_for_line(" INFO vault ")
 
-    assert re.search(r" INFO listening on http://127\.0\.0\.1:[1-9][0-9]*$", proxy.lines[0])
-    assert proxy.lines[1].endswith(f" INFO upstream {upstream.origin}")
-    assert proxy.lines[2].endswith(f" INFO vault {vault}: workspaces alpha-ws, beta-ws")
+    assert re.search(r" INFO listening on http://127\.0\.0\.1:[1-9][0-9]*$", listening)
+    assert upstream_line.endswith(f" INFO upstream {upstream.origin}")
+    assert vault_line.endswith(f" INFO vault {vault}: workspaces alpha-ws, beta-ws")
     assert "expired at 2020-01-31 23:59 UTC; it will still be tried" in warning
     assert re.search(r"\(sha256:[0-9a-f]{12}\)", warning), warning
     assert "beta-ws" not in warning
@@ -354,8 +357,9 @@ def test_default_paths_under_xdg_config_home(
     (folder / "config.yaml").write_text(f"listen: '127.0.0.1:0'\nupstream: '{upstream.origin}'\n")
     proxy = start_proxy(env={"XDG_CONFIG_HOME": str(tmp_path)})
     vault_line = proxy.wait_for_line(" INFO vault ")
+    upstream_line = proxy.wait_for_line(" INFO upstream ")
 
-    assert proxy.lines[1].endswith(f" INFO upstream {upstream.origin}")
+    assert upstream_line.endswith(f" INFO upstream {upstream.origin}")
     assert vault_line.endswith(f" INFO vault {folder / 'vault.yaml'}: workspaces alpha-ws")
 
 
