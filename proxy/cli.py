@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the proxy. Flags override the config file, which overrides defaults.",
     )
     add_settings_flags(serve)
+    serve.add_argument(
+        "--workers",
+        metavar="N",
+        help="number of worker processes sharing the listening port, or 'auto' for one per "
+        "CPU (default: 1)",
+    )
 
     explain = commands.add_parser(
         "explain",
@@ -181,10 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from proxy.server import serve
 
-    flags = _settings_flags(args)
+    flags = {**_settings_flags(args), "workers": args.workers}
     settings = load_settings(flags)
-    serve(settings, flags=flags)
-    return 0
+    return serve(settings, flags=flags)
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import sys
 import time
+from collections.abc import Iterator
 from typing import TextIO
 
 log = logging.getLogger("eodh_proxy")
@@ -78,14 +80,36 @@ class AccessLine:
     def flush(self) -> None:
         if not self._pending:
             return
-        text = "".join(self._pending)
-        self._pending.clear()
+        lines = self._pending
+        self._pending = []
         try:
-            self.stream.write(text)
-            self.stream.flush()
+            for batch in _batches(lines, _ATOMIC_WRITE_MAX):
+                self.stream.write(batch)
+                self.stream.flush()
         except (OSError, ValueError):
             # Standard error is closed or broken: there is nowhere left to report it.
             pass
+
+
+# A write of at most PIPE_BUF bytes (4096 on Linux, 512 at least by POSIX) to a
+# pipe is never interleaved with another process's writes, so worker processes
+# sharing standard error never split each other's lines.
+_ATOMIC_WRITE_MAX = getattr(select, "PIPE_BUF", 512)
+
+
+def _batches(lines: list[str], limit: int) -> Iterator[str]:
+    """Join whole lines into batches of at most `limit` characters (a longer line goes alone)."""
+    batch: list[str] = []
+    size = 0
+    for line in lines:
+        if batch and size + len(line) > limit:
+            yield "".join(batch)
+            batch = []
+            size = 0
+        batch.append(line)
+        size += len(line)
+    if batch:
+        yield "".join(batch)
 
 
 access_line = AccessLine(sys.stderr)

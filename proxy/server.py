@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable, Coroutine, Mapping
@@ -96,8 +97,10 @@ class Proxy:
                 "loopback is rejected until a client is added"
             )
 
-    async def start(self) -> None:
-        sock = bind_socket(self.settings.listen_host, self.settings.listen_port)
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Start the upstream session and serve on `sock`, or on a socket bound from the settings."""
+        if sock is None:
+            sock = bind_socket(self.settings.listen_host, self.settings.listen_port)
         self.exposed = not exposure.is_loopback_address(sock.getsockname()[0])
         try:
             exposure.check_exposure(self.settings, self.vaults.vault, exposed=self.exposed)
@@ -130,8 +133,12 @@ class Proxy:
         await self.upstream.close()
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind the listening socket, turning the usual failures into one `ConfigError` line."""
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """Bind the listening socket, turning the usual failures into one `ConfigError` line.
+
+    With `reuse_port`, other sockets of this user may bind the same address
+    (SO_REUSEPORT), and the kernel spreads new connections across them.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
@@ -140,6 +147,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(infos[0][0], socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(infos[0][4])
         sock.listen(1024)
     except OSError as exc:
@@ -157,20 +166,33 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+# Signals a worker handles: stop (SIGINT, SIGTERM) and reload (SIGHUP).
+WORKER_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
 def log_startup(proxy: Proxy) -> None:
-    settings = proxy.settings
-    vault = proxy.vaults.vault
+    assert proxy.port is not None
+    log_listening(proxy.settings, proxy.vaults.vault, proxy.port, exposed=proxy.exposed)
+    log.info("event loop %s", event_loop_name())
+
+
+def log_listening(settings: Settings, vault: Vault, port: int, *, exposed: bool) -> None:
+    """Log where the proxy listens, its upstream, who may use it, and the vault's warnings."""
     host = f"[{settings.listen_host}]" if ":" in settings.listen_host else settings.listen_host
-    log.info("listening on http://%s:%d", host, proxy.port)
+    log.info("listening on http://%s:%d", host, port)
     log.info("upstream %s", settings.upstream)
-    log.info("event loop %s", type(asyncio.get_running_loop()).__module__.partition(".")[0])
     log.info("vault %s: workspaces %s", vault.path, ", ".join(vault.workspaces) or "(none)")
     log.info("allowed hosts %s", ", ".join(settings.allowed_hosts))
     if vault.clients:
         log.info("client credentials required: clients %s", ", ".join(sorted(vault.clients)))
-    exposure_warnings = exposure.exposure_warnings(settings, vault, exposed=proxy.exposed)
+    exposure_warnings = exposure.exposure_warnings(settings, vault, exposed=exposed)
     for warning in (*vault.warnings, *vault_warnings(vault), *exposure_warnings):
         log.warning("%s", warning)
+
+
+def event_loop_name() -> str:
+    """Return "uvloop" or "asyncio": the package of the running event loop."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
 
 
 def vault_warnings(vault: Vault) -> list[str]:
@@ -193,15 +215,21 @@ def serve(
     *,
     flags: Mapping[str, Any] | None = None,
     ready: Callable[[Proxy], None] | None = None,
-) -> None:
-    """Load the vault, start the proxy and serve until SIGINT or SIGTERM.
+) -> int:
+    """Load the vault, start the proxy and serve until SIGINT or SIGTERM; return the exit status.
 
     `flags` are the command-line flags the settings were built from; a config
     reload applies them again over the changed file. Without them the config
-    file is not watched.
+    file is not watched. With `settings.workers` above 1, `proxy.workers` runs
+    the proxy in that many processes.
     """
     vault = load_vault(settings.vault_path)
+    if settings.workers > 1:
+        from proxy.workers import serve_workers
+
+        return serve_workers(settings, vault, flags)
     run_event_loop(_serve(settings, vault, flags, ready))
+    return 0
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -219,14 +247,21 @@ async def _serve(
     vault: Vault,
     flags: Mapping[str, Any] | None,
     ready: Callable[[Proxy], None] | None,
+    *,
+    sock: socket.socket | None = None,
+    worker: int | None = None,
 ) -> None:
+    """Serve until SIGINT or SIGTERM: on `sock` when given, as worker number `worker` if set."""
     proxy = Proxy(settings, vault)
     # The reloader takes its first stamps of the files now, before "listening" is logged.
     reloader = Reloader(
         proxy.vaults, settings, flags, proxy.apply_settings, on_vault=proxy.vault_reloaded
     )
-    await proxy.start()
-    log_startup(proxy)
+    await proxy.start(sock)
+    if worker is None:
+        log_startup(proxy)
+    else:
+        log.info("worker %d (pid %d) started, event loop %s", worker, os.getpid(), event_loop_name())
     watcher = asyncio.create_task(reloader.watch())
     if ready is not None:
         ready(proxy)
@@ -235,6 +270,10 @@ async def _serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloader.reload_all, "SIGHUP")
+    if worker is not None:
+        # A worker starts with these signals blocked (see `proxy.workers`), so that
+        # none arrives before the handlers above; any that came are delivered now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
     try:
         await stop.wait()
     finally:

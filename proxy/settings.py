@@ -27,6 +27,8 @@ DEFAULT_UPSTREAM = "https://staging.eodatahub.org.uk"
 DEFAULT_FILES_UPSTREAM = "https://{workspace}.staging.eodatahub-workspaces.org.uk"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 300.0
+# A bound that catches typos; each worker is a whole process with its own pool.
+MAX_WORKERS = 256
 DEFAULT_RELOAD_INTERVAL = 0.5
 
 
@@ -79,6 +81,8 @@ class Settings:
     reload_interval: float = DEFAULT_RELOAD_INTERVAL
     """Seconds between checks of the vault and config files for changes; 0 turns polling off."""
     insecure_no_client_auth: bool = False
+    workers: int = 1
+    """Number of worker processes sharing the listening port."""
 
     @property
     def listen(self) -> str:
@@ -104,6 +108,7 @@ CONFIG_KEYS = (
     "files_upstream",
     "reload_interval",
     "insecure_no_client_auth",
+    "workers",
 )
 
 
@@ -160,7 +165,28 @@ def load_settings(flags: Mapping[str, Any], *, read_config: bool = True) -> Sett
             *value_of("reload_interval", DEFAULT_RELOAD_INTERVAL), allow_zero=True, maximum=3600
         ),
         insecure_no_client_auth=_parse_bool(*value_of("insecure_no_client_auth", False)),
+        workers=parse_workers(*value_of("workers", 1)),
     )
+
+
+def parse_workers(value: Any, where: str) -> int:
+    """Parse a worker count: a whole number from 1 to `MAX_WORKERS`, or "auto" for the CPU count."""
+    if value == "auto":
+        return available_cpus()
+    count = int(value) if isinstance(value, str) and value.isdigit() else value
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_WORKERS:
+        raise ConfigError(
+            f"{where}: invalid worker count {value!r} "
+            f"(expected a whole number from 1 to {MAX_WORKERS}, or auto)"
+        )
+    return count
+
+
+def available_cpus() -> int:
+    """Return how many CPUs this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _read_config(given: str | None) -> tuple[Path | None, LinedDict]:

@@ -3,11 +3,122 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+import requests
+
+from proxy.settings import available_cpus, load_settings
+from proxy.standin import USER_CATALOGS
 from tests.conftest import ProxyProcess
+from tests.inflight import InFlight
+from tests.upstream import TOKENS, UpstreamServer
 
 
 def test_event_loop_named_at_start(proxy: ProxyProcess) -> None:
     """uvloop runs the proxy when it is installed (the `speed` extra), asyncio's loop otherwise."""
     expected = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     assert f"event loop {expected}" in proxy.output
+
+
+def children_of(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
+def socket_count(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
+
+
+@pytest.fixture
+def workers(
+    upstream: UpstreamServer, vault_file: Path, isolated_env: dict[str, str]
+) -> Iterator[ProxyProcess]:
+    process = ProxyProcess(
+        ["serve", "--listen", "127.0.0.1:0", "--upstream", upstream.origin,
+         "--vault", str(vault_file), "--workers", "2"],
+        env=isolated_env,
+    ).wait_ready()
+    process.wait_for_line("worker 0 (pid")
+    process.wait_for_line("worker 1 (pid")
+    yield process
+    process.stop(signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_two_workers_serve_requests(workers: ProxyProcess, upstream: UpstreamServer) -> None:
+    pids = children_of(workers.process.pid)
+    assert len(pids) == 2, workers.output
+    before = {pid: socket_count(pid) for pid in pids}
+
+    sessions = [requests.Session() for _ in range(24)]
+    try:
+        for session in sessions:
+            response = session.get(f"{workers.url}{USER_CATALOGS}/alpha-ws/echo", timeout=10)
+            assert response.status_code == 200, response.text
+            assert upstream.state.received[-1].headers["Authorization"] == [
+                f"Bearer {TOKENS['alpha-ws']}"
+            ]
+        # Each connection is still open, so each worker that accepted one has more sockets.
+        after = {pid: socket_count(pid) for pid in pids}
+    finally:
+        for session in sessions:
+            session.close()
+    for pid in pids:
+        assert after[pid] > before[pid], (before, after)
+
+
+def test_sigterm_stops_every_worker(workers: ProxyProcess) -> None:
+    pids = children_of(workers.process.pid)
+    assert workers.stop(signal.SIGTERM) == 0, workers.output
+    assert "all workers stopped" in workers.output
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists(), pid
+
+
+def test_workers_finish_requests_on_sigterm(
+    workers: ProxyProcess, upstream: UpstreamServer
+) -> None:
+    request = InFlight(workers.url, upstream, "alpha-ws", "workers-sigterm").start()
+    workers.process.send_signal(signal.SIGTERM)
+    workers.wait_for_line("stopping 2 workers")
+    response = request.finish()
+    assert response.status_code == 200
+    assert response.text == "released"
+    assert workers.stop() == 0, workers.output
+
+
+def test_worker_exit_stops_the_rest(workers: ProxyProcess) -> None:
+    first, second = children_of(workers.process.pid)
+    os.kill(first, signal.SIGKILL)
+    assert workers.process.wait(15) == 1
+    assert "exited with status -9; stopping the other workers" in workers.output
+    assert not Path(f"/proc/{second}").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "257"])
+def test_invalid_worker_count_rejected(
+    value: str, vault_file: Path, isolated_env: dict[str, str]
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--listen", "127.0.0.1:0",
+         "--vault", str(vault_file), "--workers", value],
+        capture_output=True, text=True, timeout=30, env={**os.environ, **isolated_env},
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"--workers: invalid worker count '{value}'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_auto_workers_is_cpu_count() -> None:
+    settings = load_settings({"workers": "auto", "vault": "/nonexistent"}, read_config=False)
+    assert settings.workers == available_cpus()
