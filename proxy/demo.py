@@ -57,7 +57,9 @@ async def _demo(listen: str, folder: Path) -> None:
     try:
         await proxy.start()
         log_startup(proxy)
-        _print_instructions(settings.listen, upstream)
+        # With port 0 in --listen, the commands must name the port actually bound.
+        host = f"[{settings.listen_host}]" if ":" in settings.listen_host else settings.listen_host
+        _print_instructions(f"{host}:{proxy.port}", upstream)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
