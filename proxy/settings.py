@@ -209,7 +209,12 @@ def _read_config(given: str | None) -> tuple[Path | None, LinedDict]:
 def parse_listen(value: Any, where: str) -> tuple[str, int]:
     """Parse HOST:PORT (IPv6 in brackets) into a host and a port number."""
     text = str(value)
-    found = re.fullmatch(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]+)", text)
+    # The host is an IPv6 address in brackets, or an IPv4 address or host name.
+    found = re.fullmatch(
+        r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?))"
+        r":(?P<port>[0-9]+)",
+        text,
+    )
     if found is None:
         raise ConfigError(
             f"{where}: invalid listen address {text!r} "

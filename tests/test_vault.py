@@ -1,8 +1,13 @@
-"""Vault loading: token sources, file modes, expiry values."""
+"""Vault loading: inline tokens, token sources, file modes, expiry, the redacted Token."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import hashlib
+import json
+import logging
+import pickle
 from pathlib import Path
 
 import pytest
@@ -10,7 +15,14 @@ import requests
 
 from proxy.errors import ConfigError
 from proxy.standin import USER_CATALOGS
-from proxy.vault import load_vault, parse_entries, parse_expiry
+from proxy.vault import (
+    Credential,
+    Token,
+    fingerprint,
+    load_vault,
+    parse_entries,
+    parse_expiry,
+)
 from tests.conftest import ProxyProcess
 from tests.upstream import TOKENS, UpstreamServer
 
@@ -203,3 +215,155 @@ def test_serve_rejects_vault_others_can_write(
         f"anyone who can change it controls which token is sent; run: chmod 600 {path}"
     )
     assert proxy.lines == [expected]
+
+
+# Parsing the inline form, and the redacted Token type.
+
+
+def test_inline_tokens_loaded_with_expiry(tmp_path: Path) -> None:
+    path = vault_at(
+        tmp_path,
+        "workspaces:\n"
+        "  beta-ws:\n    token: '  beta-secret  '\n"
+        "  alpha-ws:\n    token: \"alpha-secret\"\n    expires: 2027-01-31\n",
+    )
+    vault = load_vault(path)
+    alpha = vault.get("alpha-ws")
+    beta = vault.get("beta-ws")
+
+    assert vault.workspaces == ["alpha-ws", "beta-ws"]
+    assert alpha is not None and beta is not None
+    assert alpha.token.reveal() == "alpha-secret"
+    assert beta.token.reveal() == "beta-secret"
+    assert alpha.expires == dt.datetime(2027, 1, 31, 23, 59, 59, 999999, tzinfo=dt.UTC)
+    assert beta.expires is None
+    assert vault.get("gamma-ws") is None
+
+
+@pytest.mark.parametrize("text", ["", "# no entries yet\n", "workspaces:\n", "workspaces: {}\n"])
+def test_vault_without_workspaces_is_empty(tmp_path: Path, text: str) -> None:
+    assert load_vault(vault_at(tmp_path, text)).workspaces == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("- alpha-ws\n", "line 1: expected a mapping of keys to values, found a list"),
+        ("tokens:\n  alpha-ws: x\n", "line 1: unknown key 'tokens' in top level"),
+        ("workspaces: [alpha-ws]\n", "line 1: 'workspaces' must be a mapping of workspace names"),
+        ("workspaces:\n  alpha_ws:\n    token: x1\n", "line 2: invalid workspace name 'alpha_ws'"),
+        ("workspaces:\n  alpha-ws: x1\n", "line 2: workspace 'alpha-ws' must be a mapping with a"),
+        ("workspaces:\n  alpha-ws:\n    token: x1\n    note: hi\n",
+         "line 4: unknown key 'note' in workspace 'alpha-ws'"),
+        ("workspaces:\n  alpha-ws:\n    token: x1\n  alpha-ws:\n    token: x2\n",
+         "line 4: invalid YAML: duplicate key 'alpha-ws'"),
+        ("workspaces:\n  alpha-ws:\n    token: ''\n", "line 3: token of workspace 'alpha-ws' is empty"),
+        ("workspaces:\n  alpha-ws:\n    token: x1\n    expires: next week\n",
+         "line 4: invalid 'expires' value"),
+    ],
+)
+def test_vault_mistake_names_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = vault_at(tmp_path, text)
+    with pytest.raises(ConfigError) as raised:
+        load_vault(path)
+
+    assert str(raised.value).startswith(f"{path}, "), str(raised.value)
+    assert expected in str(raised.value)
+
+
+@pytest.mark.parametrize("value", ["123456789", "true", "2027-01-31", "[a, b]"])
+def test_unquoted_token_value_never_shown(tmp_path: Path, value: str) -> None:
+    path = vault_at(tmp_path, f"workspaces:\n  alpha-ws:\n    token: {value}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_vault(path)
+
+    assert "line 3: token of workspace 'alpha-ws' must be a string" in str(raised.value)
+    assert "quote it" in str(raised.value)
+    assert value not in str(raised.value)
+
+
+def test_missing_vault_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_vault(tmp_path / "absent.yaml")
+
+    assert str(raised.value) == f"{tmp_path / 'absent.yaml'}: vault file not found"
+
+
+def token_renderings(token: Token) -> dict[str, str]:
+    """Every way a token commonly reaches text, by name."""
+    credential = Credential("alpha-ws", token)
+    return {
+        "str": str(token),
+        "repr": repr(token),
+        "format": format(token),
+        "f-string": f"{token} {token!r} {token!s}",
+        "percent": "%s %r" % (token, token),
+        "in a list": str([token]),
+        "in a dict": str({"alpha-ws": token}),
+        "credential": repr(credential),
+        "exception": str(ValueError(token)),
+    }
+
+
+def test_token_never_rendered_as_text() -> None:
+    token = Token(SECRET)
+
+    for how, text in token_renderings(token).items():
+        assert SECRET not in text, how
+        assert token.fingerprint in text, how
+
+
+def test_token_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    token = Token(SECRET)
+    logger = logging.getLogger("eodh_proxy.test")
+    with caplog.at_level(logging.INFO, logger="eodh_proxy.test"):
+        logger.info("token %s", token)
+        logger.info("credential %r", Credential("alpha-ws", token))
+
+    assert SECRET not in caplog.text
+    assert token.fingerprint in caplog.text
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_token_cannot_be_pickled(protocol: int) -> None:
+    with pytest.raises(TypeError) as raised:
+        pickle.dumps(Token(SECRET), protocol=protocol)
+
+    assert SECRET not in str(raised.value)
+
+
+def test_token_cannot_be_copied_or_serialised() -> None:
+    token = Token(SECRET)
+    for action in (lambda: copy.copy(token), lambda: copy.deepcopy(token),
+                   lambda: json.dumps(token)):
+        with pytest.raises(TypeError) as raised:
+            action()
+        assert SECRET not in str(raised.value)
+
+
+def test_token_has_no_instance_dict() -> None:
+    with pytest.raises(TypeError):
+        vars(Token(SECRET))
+
+
+def test_fingerprint_is_short_stable_hash() -> None:
+    expected = "sha256:" + hashlib.sha256(SECRET.encode()).hexdigest()[:12]
+
+    assert fingerprint(SECRET) == expected
+    assert Token(SECRET).fingerprint == expected
+
+
+def test_tokens_compare_by_value() -> None:
+    assert Token(SECRET) == Token(SECRET)
+    assert Token(SECRET) != Token(SECRET + "x")
+    assert hash(Token(SECRET)) == hash(Token(SECRET))
+    assert Token(SECRET) != SECRET
+
+
+def test_credential_expiry_is_inclusive_of_its_moment() -> None:
+    moment = dt.datetime(2027, 1, 31, 12, 0, tzinfo=dt.UTC)
+    credential = Credential("alpha-ws", Token(SECRET), expires=moment)
+
+    assert not credential.expired(moment - dt.timedelta(seconds=1))
+    assert credential.expired(moment)
+    assert not Credential("alpha-ws", Token(SECRET)).expired(moment)
