@@ -188,6 +188,14 @@ def log_listening(settings: Settings, vault: Vault, port: int, *, exposed: bool)
     exposure_warnings = exposure.exposure_warnings(settings, vault, exposed=exposed)
     for warning in (*vault.warnings, *vault_warnings(vault), *exposure_warnings):
         log.warning("%s", warning)
+    default = settings.default_workspace
+    if default is not None and vault.get(default) is None:
+        log.warning(
+            "default_workspace %s has no token in vault %s, so a workspace path without a "
+            "token of its own gets 403",
+            default,
+            vault.path,
+        )
 
 
 def event_loop_name() -> str:

@@ -6,7 +6,7 @@ stand-in accepts any valid token on the paths of its `public_workspaces`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -75,3 +75,21 @@ def test_public_path_still_gets_no_token(
 
     assert response.status_code == 200, response.text
     assert "Authorization" not in upstream.state.received[-1].headers
+
+
+def test_default_without_token_warned_at_start(
+    start_proxy: Callable[..., ProxyProcess],
+    upstream: UpstreamServer,
+    vault_file: Path,
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(f"upstream: {upstream.origin}\ndefault_workspace: gamma-ws\n")
+    proxy = start_proxy("--listen", "127.0.0.1:0", "--config", str(config),
+                        "--vault", str(vault_file))
+    warning = proxy.wait_for_line("WARNING default_workspace")
+
+    assert warning.endswith(
+        f"default_workspace gamma-ws has no token in vault {vault_file}, so a workspace "
+        "path without a token of its own gets 403"
+    )
