@@ -4,6 +4,8 @@ Each request goes through the same steps: guards (host, origin, method), the
 route (which workspace), the credential (which token), then the upstream
 exchange with both bodies streamed. Everything up to the upstream exchange is
 decided before the proxy answers `100 Continue` or reads a byte of the body.
+Requests for `/_proxy/...` pass the same guards (and client credentials, except
+for `healthz`), then go to `proxy.admin` instead of upstream.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 
 from proxy import guards, routes
+from proxy.admin import Admin, admin_path
 from proxy.clients import Client
 from proxy.credentials import choose_credential
-from proxy.errors import ProxyError, UpstreamBrokeOff
+from proxy.errors import ProxyError, UpstreamBrokeOff, UpstreamError
 from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.health import TokenHealth
 from proxy.links import (
     BUFFERED_REQUEST_MAX,
     Exchange,
@@ -28,11 +32,12 @@ from proxy.links import (
     rewrite_stream,
     rewrite_whole,
 )
-from proxy.log import access_line, log
+from proxy.log import access_line, access_log, log
+from proxy.metrics import NO_WORKSPACE, Metrics, ReloadCounts
 from proxy.problem import problem_response
 from proxy.settings import Settings
 from proxy.upstream import Upstream
-from proxy.vault import Credential, Vault
+from proxy.vault import Credential, VaultHolder
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,21 +65,6 @@ class Relayed:
     sent: int = 0
 
 
-class VaultHolder:
-    """The vault in use; a reload swaps it whole, so a request sees one vault throughout."""
-
-    def __init__(self, vault: Vault) -> None:
-        self.vault = vault
-        self.loaded_at = dt.datetime.now(dt.UTC)
-        self.last_error: str | None = None
-        """Why the last reload failed, or None once a reload succeeds."""
-
-    def replace(self, vault: Vault) -> None:
-        self.vault = vault
-        self.loaded_at = dt.datetime.now(dt.UTC)
-        self.last_error = None
-
-
 class ProxyHandler:
     def __init__(
         self,
@@ -83,6 +73,9 @@ class ProxyHandler:
         upstream: Upstream,
         *,
         client_gate: guards.ClientGate | None = None,
+        metrics: Metrics | None = None,
+        health: TokenHealth | None = None,
+        admin: Admin | None = None,
     ) -> None:
         self._vaults = vaults
         self._upstream = upstream
@@ -90,6 +83,11 @@ class ProxyHandler:
         # Without a gate from the server, credentials are still required whenever
         # the vault lists clients.
         self.client_gate = client_gate or guards.ClientGate(required_without_clients=False)
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._health = health if health is not None else TokenHealth()
+        self._admin = admin if admin is not None else Admin(
+            vaults, self._health, self._metrics, ReloadCounts(), self._upstream_origin
+        )
         self.apply_settings(settings)
 
     def apply_settings(self, settings: Settings) -> None:
@@ -104,11 +102,25 @@ class ProxyHandler:
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.perf_counter()
         workspace = "-"
+        label = NO_WORKSPACE  # The metrics label: a vault name, never taken from the path.
+        is_admin = False
+        in_flight = False
         response: web.StreamResponse | None = None
         relayed = Relayed()
         try:
-            plan = self.plan(request)
+            host, cors, client = self.check_request(request)
+            rest = admin_path(request.raw_path)
+            if rest is not None:
+                is_admin = True
+                response = await self._admin.handle(request, rest)
+                relayed.sent = response.content_length or 0
+                return response
+            self._metrics.in_flight += 1
+            in_flight = True
+            plan = self.plan(request, host, cors, client)
             workspace = plan.route.workspace or "-"
+            if plan.credential is not None:
+                label = plan.credential.workspace
             response = await self.relay(request, plan, relayed)
         except ProxyError as error:
             workspace = request.get("workspace") or "-"
@@ -117,20 +129,40 @@ class ProxyHandler:
                 # The body was not read (nor 100 Continue sent): end the connection
                 # rather than read an upload nobody wants.
                 response.force_close()
+            if isinstance(error, UpstreamError):
+                self._metrics.upstream_error(error.metric_kind)
             if error.status >= 500:
                 log.warning("%s %s: %s", request.method, _path_of(request), error.detail)
         finally:
             # 499: the client left (or the relay broke off) before a status line was sent.
             status = response.status if response is not None else relayed.status or 499
-            duration_ms = (time.perf_counter() - started) * 1000
-            access_line.write(
-                request.remote, request.method, _path_of(request), workspace, status,
-                relayed.sent, duration_ms,
-            )
+            elapsed = time.perf_counter() - started
+            if in_flight:
+                self._metrics.in_flight -= 1
+            if is_admin:
+                # Probes and scrapes of the admin endpoints would swamp the access log at INFO.
+                access_log.debug(
+                    '%s "%s %s" - %d %dB %.1fms', request.remote, request.method,
+                    _path_of(request), status, relayed.sent, elapsed * 1000,
+                )
+            else:
+                received = getattr(request.content, "total_bytes", 0)
+                self._metrics.observe_request(
+                    label, request.method, status, elapsed, received, relayed.sent
+                )
+                access_line.write(
+                    request.remote, request.method, _path_of(request), workspace, status,
+                    relayed.sent, elapsed * 1000,
+                )
         return response
 
-    def plan(self, request: web.BaseRequest) -> Plan:
-        """Decide host, origin, route and token, without touching the body or the upstream."""
+    def check_request(self, request: web.BaseRequest) -> tuple[str, bool, Client | None]:
+        """Apply the checks every request passes, admin ones included.
+
+        Returns the validated `Host`, whether the request comes from an allowed
+        CORS origin, and the gateway client that sent it (None when client
+        credentials are off, or for `/_proxy/healthz`).
+        """
         host = guards.check_host(request.headers.get("Host"), self._host_policy)
         guards.check_method(request.method, request.headers)
         cors = guards.check_cross_site(
@@ -140,7 +172,12 @@ class ProxyHandler:
             self._host_policy,
         )
         client = self.authenticate(request)
+        return host, cors, client
 
+    def plan(
+        self, request: web.BaseRequest, host: str, cors: bool, client: Client | None
+    ) -> Plan:
+        """Decide route and token, without touching the body or the upstream."""
         route = routes.resolve(request.raw_path, self._families)
         request["workspace"] = route.workspace
         if client is not None:
@@ -180,12 +217,8 @@ class ProxyHandler:
         credential = choose_credential(
             route, self._vaults.vault, self._settings.default_workspace
         )
-        if credential is not None and credential.expired(dt.datetime.now(dt.UTC)):
-            log.warning(
-                "token for workspace %s expired at %s; trying it anyway",
-                credential.workspace,
-                credential.expires,
-            )
+        if credential is not None:
+            self._health.warn_if_expired(credential, dt.datetime.now(dt.UTC))
         return credential
 
     async def relay(
@@ -203,6 +236,8 @@ class ProxyHandler:
         url = routes.upstream_url(plan.route, self._upstream_origin, self._settings.files_upstream)
 
         async with self._upstream.request(request.method, url, headers, body) as upstream:
+            if plan.credential is not None:
+                self._note_token_answer(request, plan, upstream.status)
             response = _CoalescingResponse(status=upstream.status, reason=upstream.reason)
             body_rewrite = plan.links.response_body_rewrite(
                 upstream.status,
@@ -251,12 +286,20 @@ class ProxyHandler:
                     relayed.sent += len(chunk)
             except UpstreamBrokeOff as error:
                 # The status line is gone: the only honest signal left is a broken connection.
+                self._metrics.upstream_error(error.metric_kind)
                 log.warning("%s %s: %s", request.method, _path_of(request), error.detail)
                 if request.transport is not None:
                     request.transport.abort()
                 raise ConnectionResetError(error.detail) from error
             await response.write_eof(held)
         return response
+
+    def _note_token_answer(self, request: web.BaseRequest, plan: Plan, status: int) -> None:
+        """Record the upstream's response status for a request that carried a vault token."""
+        assert plan.credential is not None
+        target = f"{request.method} {_path_of(request)}"
+        if self._health.record(plan.credential, plan.route.workspace, status, target):
+            self._metrics.token_rejected(plan.credential.workspace, status)
 
 
 class _CoalescingResponse(web.StreamResponse):

@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from proxy.errors import ConfigError
-from proxy.forward import VaultHolder
 from proxy.log import log
+from proxy.metrics import ReloadCounts
 from proxy.settings import Settings, load_settings
-from proxy.vault import Vault, load_vault
+from proxy.vault import Vault, VaultHolder, load_vault
 
 # Settings fields that only take effect at start: the listening socket, the
 # upstream origin and its TLS context, and the vault path (the watcher's own
@@ -185,16 +185,6 @@ def keep_restart_fields(old: Settings, new: Settings) -> Settings:
     return dataclasses.replace(new, **kept)
 
 
-@dataclass
-class ReloadCounts:
-    """Reloads since start, by file ("vault" or "config"), for the metrics page."""
-
-    succeeded: dict[str, int] = dataclasses.field(
-        default_factory=lambda: {"vault": 0, "config": 0}
-    )
-    failed: dict[str, int] = dataclasses.field(default_factory=lambda: {"vault": 0, "config": 0})
-
-
 class Reloader:
     """Reload the vault and config on change or on request, keeping the last good ones.
 
@@ -210,13 +200,14 @@ class Reloader:
         flags: Mapping[str, Any] | None,
         apply_settings: Callable[[Settings], None],
         on_vault: Callable[[Vault, Vault], None] | None = None,
+        counts: ReloadCounts | None = None,
     ) -> None:
         self._vaults = vaults
         self._settings = settings
         self._flags = dict(flags) if flags is not None else None
         self._apply_settings = apply_settings
         self._on_vault = on_vault
-        self.counts = ReloadCounts()
+        self.counts = counts if counts is not None else ReloadCounts()
         self.config_error: str | None = None
         self._vault_watch = Watch(self._vault_paths(vaults.vault))
         self._config_watch = (

@@ -43,8 +43,9 @@ DEFAULT_FAMILIES = (
 
 MOUNT_SEGMENT = "as"
 FILES_SEGMENT = "files-of"
+ADMIN_SEGMENT = "_proxy"
 # First path segments the proxy reserves for itself. No route family may start with one.
-RESERVED_SEGMENTS = (MOUNT_SEGMENT, FILES_SEGMENT)
+RESERVED_SEGMENTS = (MOUNT_SEGMENT, FILES_SEGMENT, ADMIN_SEGMENT)
 WORKSPACE_PLACEHOLDER = "{workspace}"
 
 # RFC 3986 pchar plus "/": unreserved, sub-delims, ":", "@" and percent escapes.
@@ -101,7 +102,7 @@ def check_family_prefix(prefix: str) -> str | None:
     if any(segment in ("", ".", "..") for segment in segments):
         return "it must not hold empty, '.' or '..' segments"
     if segments[0] in RESERVED_SEGMENTS:
-        return f"'/{segments[0]}' is reserved for workspace mounts and files"
+        return f"'/{segments[0]}' is reserved for workspace mounts, files and admin endpoints"
     return None
 
 

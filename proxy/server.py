@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import errno
 import logging
 import os
@@ -16,15 +17,18 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from proxy import clients, exposure
+from proxy.admin import Admin
 from proxy.errors import ClientRequestError, ConfigError, ProxyError
-from proxy.forward import ProxyHandler, VaultHolder
+from proxy.forward import ProxyHandler
 from proxy.guards import ClientGate
+from proxy.health import EXPIRY_CHECK_INTERVAL, TokenHealth, expiry_warnings
 from proxy.log import access_line, access_log, log
+from proxy.metrics import Metrics, ReloadCounts
 from proxy.problem import problem_response
-from proxy.reload import Reloader
+from proxy.reload import Reloader, diff_vaults
 from proxy.settings import Settings
 from proxy.upstream import Upstream, UpstreamOptions
-from proxy.vault import Vault, load_vault
+from proxy.vault import Vault, VaultHolder, load_vault
 
 
 class _ProblemRequestHandler(RequestHandler):
@@ -60,9 +64,22 @@ class _ProxyServer(web.Server):
 
 
 class Proxy:
-    """The running proxy: settings, the vault in use, the upstream seam and the listener."""
+    """The running proxy: settings, the vault in use, the upstream seam and the listener.
 
-    def __init__(self, settings: Settings, vault: Vault) -> None:
+    `flags` are the command-line flags the settings were built from; a config
+    reload applies them again over the changed file. Without them the config
+    file is not watched. `worker` is the worker number under `--workers`; the
+    process's metrics then carry it as a `worker` label.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        vault: Vault,
+        flags: Mapping[str, Any] | None = None,
+        *,
+        worker: int | None = None,
+    ) -> None:
         self.settings = settings
         self.vaults = VaultHolder(vault)
         self.upstream = Upstream(
@@ -72,7 +89,18 @@ class Proxy:
                 ca_bundle=settings.ca_bundle,
             )
         )
-        self.handler = ProxyHandler(settings, self.vaults, self.upstream)
+        self.metrics = Metrics(labels={"worker": str(worker)} if worker is not None else None)
+        self.health = TokenHealth()
+        reloads = ReloadCounts()
+        self.admin = Admin(self.vaults, self.health, self.metrics, reloads, str(settings.upstream))
+        self.handler = ProxyHandler(
+            settings, self.vaults, self.upstream,
+            metrics=self.metrics, health=self.health, admin=self.admin,
+        )
+        # The reloader takes its first stamps of the files now, before "listening" is logged.
+        self.reloader = Reloader(
+            self.vaults, settings, flags, self.apply_settings, self.vault_reloaded, reloads
+        )
         self._runner: web.ServerRunner | None = None
         self.port: int | None = None
         access_log.disabled = not settings.access_log
@@ -87,7 +115,13 @@ class Proxy:
         access_log.disabled = not settings.access_log
 
     def vault_reloaded(self, old: Vault, new: Vault) -> None:
-        """Log what a vault reload changed for the gateway's clients."""
+        """Follow up a vault reload: token health, expiry and client changes."""
+        diff = diff_vaults(old, new)
+        self.health.forget((*diff.added, *diff.removed, *diff.changed))
+        now = dt.datetime.now(dt.UTC)
+        for warning in expiry_warnings(new, now, (*diff.added, *diff.changed)):
+            log.warning("%s", warning)
+
         changes = clients.describe_changes(old.clients, new.clients)
         if changes is not None:
             log.info("clients %s", changes)
@@ -186,7 +220,8 @@ def log_listening(settings: Settings, vault: Vault, port: int, *, exposed: bool)
     if vault.clients:
         log.info("client credentials required: clients %s", ", ".join(sorted(vault.clients)))
     exposure_warnings = exposure.exposure_warnings(settings, vault, exposed=exposed)
-    for warning in (*vault.warnings, *vault_warnings(vault), *exposure_warnings):
+    expiring = expiry_warnings(vault, dt.datetime.now(dt.UTC))
+    for warning in (*vault.warnings, *expiring, *exposure_warnings):
         log.warning("%s", warning)
     default = settings.default_workspace
     if default is not None and vault.get(default) is None:
@@ -198,24 +233,17 @@ def log_listening(settings: Settings, vault: Vault, port: int, *, exposed: bool)
         )
 
 
+async def warn_expiry_daily(vaults: VaultHolder) -> None:
+    """Log expiry warnings for the vault in use once a day, until cancelled."""
+    while True:
+        await asyncio.sleep(EXPIRY_CHECK_INTERVAL)
+        for warning in expiry_warnings(vaults.vault, dt.datetime.now(dt.UTC)):
+            log.warning("%s", warning)
+
+
 def event_loop_name() -> str:
     """Return "uvloop" or "asyncio": the package of the running event loop."""
     return type(asyncio.get_running_loop()).__module__.partition(".")[0]
-
-
-def vault_warnings(vault: Vault) -> list[str]:
-    import datetime as dt
-
-    now = dt.datetime.now(dt.timezone.utc)
-    warnings = []
-    for name in vault.workspaces:
-        credential = vault.credentials[name]
-        if credential.expired(now):
-            warnings.append(
-                f"token for workspace {name} ({credential.token.fingerprint}) expired at "
-                f"{credential.expires:%Y-%m-%d %H:%M} UTC; it will still be tried"
-            )
-    return warnings
 
 
 def serve(
@@ -260,17 +288,17 @@ async def _serve(
     worker: int | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM: on `sock` when given, as worker number `worker` if set."""
-    proxy = Proxy(settings, vault)
-    # The reloader takes its first stamps of the files now, before "listening" is logged.
-    reloader = Reloader(
-        proxy.vaults, settings, flags, proxy.apply_settings, on_vault=proxy.vault_reloaded
-    )
+    proxy = Proxy(settings, vault, flags, worker=worker)
+    reloader = proxy.reloader
     await proxy.start(sock)
     if worker is None:
         log_startup(proxy)
     else:
         log.info("worker %d (pid %d) started, event loop %s", worker, os.getpid(), event_loop_name())
-    watcher = asyncio.create_task(reloader.watch())
+    tasks = [asyncio.create_task(reloader.watch())]
+    if worker is None or worker == 0:
+        # One process is enough to repeat the expiry warnings.
+        tasks.append(asyncio.create_task(warn_expiry_daily(proxy.vaults)))
     if ready is not None:
         ready(proxy)
     stop = asyncio.Event()
@@ -286,9 +314,10 @@ async def _serve(
         await stop.wait()
     finally:
         log.info("stopping")
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await proxy.stop()
         access_line.flush()
     logging.shutdown()

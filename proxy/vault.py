@@ -102,6 +102,21 @@ class Vault:
         return sorted(self.credentials)
 
 
+class VaultHolder:
+    """The vault in use; a reload swaps it whole, so a request sees one vault throughout."""
+
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+        self.loaded_at = dt.datetime.now(dt.UTC)
+        self.last_error: str | None = None
+        """Why the last reload failed, or None once a reload succeeds."""
+
+    def replace(self, vault: Vault) -> None:
+        self.vault = vault
+        self.loaded_at = dt.datetime.now(dt.UTC)
+        self.last_error = None
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One workspace entry as written in the vault file, before its token is read."""

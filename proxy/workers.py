@@ -17,9 +17,10 @@ How it works:
    other workers and exits with status 1, so a supervisor (systemd, Kubernetes)
    restarts them together.
 
-TODO: with several workers, each process keeps its own metrics, and a scrape of
-/_proxy/metrics is served by whichever worker accepts its connection. Totals
-need each worker's samples labelled and collected, or a store they share.
+TODO: with several workers, each process keeps its own metrics, labelled with
+its worker number, and a scrape of /_proxy/metrics is served by whichever worker
+accepts its connection, so one scrape shows one worker. Totals need the
+workers' samples collected in one place, or a store they share.
 """
 
 from __future__ import annotations

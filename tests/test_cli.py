@@ -327,7 +327,7 @@ def test_startup_lines_name_everything_but_tokens(
     assert re.search(r" INFO listening on http://127\.0\.0\.1:[1-9][0-9]*$", listening)
     assert upstream_line.endswith(f" INFO upstream {upstream.origin}")
     assert vault_line.endswith(f" INFO vault {vault}: workspaces alpha-ws, beta-ws")
-    assert "expired at 2020-01-31 23:59 UTC; it will still be tried" in warning
+    assert "expired at 2020-01-31 23:59 UTC; it is still tried" in warning
     assert re.search(r"\(sha256:[0-9a-f]{12}\)", warning), warning
     assert "beta-ws" not in warning
 

@@ -139,7 +139,7 @@ def test_vault_reload_while_requests_in_flight(
         write_in_place(path, vault_text(rotated_vault()))
     else:
         write_by_rename(path, vault_text(rotated_vault()))
-    line = proxy.wait_for_line("reloaded (file changed)", RELOAD_WAIT, after=after)
+    line = proxy.wait_for_line("reloaded (file changed): ", RELOAD_WAIT, after=after)
 
     assert line.endswith(f"vault {path} reloaded (file changed): added gamma-ws; changed beta-ws")
     beta = get(proxy, "beta-ws")
@@ -171,7 +171,7 @@ def test_broken_vault_keeps_last_good(
 
     after = len(proxy.lines)
     write_in_place(path, vault_text(rotated_vault()))
-    proxy.wait_for_line("reloaded (file changed)", RELOAD_WAIT, after=after)
+    proxy.wait_for_line("reloaded (file changed): ", RELOAD_WAIT, after=after)
     assert get(proxy, "beta-ws").status_code == 200
 
 
@@ -210,7 +210,7 @@ def test_token_file_change_reloads(
 
     after = len(proxy.lines)
     write_by_rename(token_file, TOKENS["beta-ws"] + "\n")
-    line = proxy.wait_for_line("reloaded (file changed)", RELOAD_WAIT, after=after)
+    line = proxy.wait_for_line("reloaded (file changed): ", RELOAD_WAIT, after=after)
 
     assert line.endswith("changed beta-ws")
     assert get(proxy, "beta-ws").status_code == 200
@@ -255,7 +255,7 @@ def test_config_reload_applies_live_keys(
 
     after = len(proxy.lines)
     write_by_rename(config, "read_timeout: 300\nallowed_hosts: [gateway.example.org]\n")
-    line = proxy.wait_for_line("reloaded (file changed)", RELOAD_WAIT, after=after)
+    line = proxy.wait_for_line("reloaded (file changed): ", RELOAD_WAIT, after=after)
 
     assert line.endswith(f"config {config} reloaded (file changed): changed allowed_hosts")
     assert requests.get(url, headers=headers, timeout=10).status_code == 200
@@ -277,7 +277,7 @@ def test_config_restart_keys_not_applied(
     write_in_place(
         config, "access_log: false\nallow_http_upstream: true\nca_bundle: /nonexistent.pem\n"
     )
-    line = proxy.wait_for_line("reloaded (file changed)", RELOAD_WAIT, after=after)
+    line = proxy.wait_for_line("reloaded (file changed): ", RELOAD_WAIT, after=after)
 
     assert line.endswith("changed access_log")
     warnings = " ".join(
