@@ -311,3 +311,19 @@ def test_gateway_admin_needs_client(
     assert [workspace["name"] for workspace in signed_in.json()["workspaces"]] == [
         "alpha-ws", "beta-ws"
     ]
+
+
+def test_worker_metrics_carry_worker_label(
+    upstream: UpstreamServer, vault_file: Path, isolated_env: dict[str, str]
+) -> None:
+    proxy = start(["--upstream", upstream.origin, "--vault", str(vault_file), "--workers", "2"],
+                  isolated_env)
+    try:
+        proxy.wait_for_line("worker 1 (pid")
+        text = admin(proxy, "metrics").text
+    finally:
+        proxy.stop()
+    labels = [labels for samples in metric_samples(text).values() for labels, _ in samples]
+    assert labels
+    assert {sample_labels.get("worker") for sample_labels in labels} <= {"0", "1"}
+    assert all("worker" in sample_labels for sample_labels in labels)
