@@ -273,15 +273,16 @@ class ProxyHandler:
             held = b""
             try:
                 async for chunk in chunks:
-                    if held:
-                        await response.write(held)
                     # Once the whole upstream body has arrived, every later chunk is
-                    # ready at once, so holding one back delays nothing and lets
-                    # write_eof() send it with the end of the body in one write.
+                    # ready at once, so holding chunks back delays nothing. They are
+                    # joined, up to _HELD_MAX bytes, and the last of them goes out with
+                    # the end of the body: a small response takes one write.
                     if self._upstream.body_complete(upstream):
-                        held = chunk
+                        if held and len(held) + len(chunk) > _HELD_MAX:
+                            await response.write(held)
+                            held = b""
+                        held += chunk
                     else:
-                        held = b""
                         await response.write(chunk)
                     relayed.sent += len(chunk)
             except UpstreamBrokeOff as error:
@@ -300,6 +301,11 @@ class ProxyHandler:
         target = f"{request.method} {_path_of(request)}"
         if self._health.record(plan.credential, plan.route.workspace, status, target):
             self._metrics.token_rejected(plan.credential.workspace, status)
+
+
+# The most body bytes held back to be joined into one write (aiohttp's writer
+# also drains its buffer at 64 KiB).
+_HELD_MAX = 64 * 1024
 
 
 class _CoalescingResponse(web.StreamResponse):
