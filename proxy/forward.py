@@ -303,7 +303,7 @@ class ProxyHandler:
             self._metrics.token_rejected(plan.credential.workspace, status)
 
 
-# The most body bytes held back to be joined into one write (aiohttp's writer
+# The maximum number of body bytes held back to be joined into one write (aiohttp's writer
 # also drains its buffer at 64 KiB).
 _HELD_MAX = 64 * 1024
 

@@ -20,6 +20,7 @@ headers and bodies:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -95,11 +96,22 @@ class LinkTranslator:
         self.upstream_origin = upstream_origin
         self.files_upstream = files_upstream
         self.enabled = enabled
+        # Building an exchange costs a few percent of a small request, and most
+        # requests repeat one client origin and route kind. The cache is bounded
+        # because the client origin comes from the request's Host header.
+        self._cached_exchange = functools.lru_cache(maxsize=256)(self._build_exchange)
 
     def exchange(self, client_origin: str, route: Route) -> Exchange:
         """Return the rules for `route`, requested from the proxy at `client_origin`."""
+        # Only these parts of the route decide the rules (see `_build_exchange`).
+        workspace = route.workspace if route.kind is UpstreamKind.FILES and route.mount else None
+        return self._cached_exchange(client_origin, route.kind, route.mount, workspace)
+
+    def _build_exchange(
+        self, client_origin: str, kind: UpstreamKind, mount: str, workspace: str | None
+    ) -> Exchange:
         files_on_proxy = f"{client_origin}/{FILES_SEGMENT}/{WORKSPACE_PLACEHOLDER}"
-        api_prefix = route.mount if route.kind is UpstreamKind.API else ""
+        api_prefix = mount if kind is UpstreamKind.API else ""
         to_client = (
             Translation(self.files_upstream, files_on_proxy),
             Translation(self.upstream_origin, client_origin + api_prefix),
@@ -116,12 +128,12 @@ class LinkTranslator:
             enabled=self.enabled,
             to_client=compile_rules(to_client),
             to_upstream=compile_rules(to_upstream),
-            relative_base=self._origin_of(route) if route.mount else "",
+            relative_base=self._origin_of(kind, workspace) if mount else "",
         )
 
-    def _origin_of(self, route: Route) -> str:
-        if route.kind is UpstreamKind.FILES and route.workspace is not None:
-            parts = urlsplit(files_base(self.files_upstream, route.workspace))
+    def _origin_of(self, kind: UpstreamKind, workspace: str | None) -> str:
+        if kind is UpstreamKind.FILES and workspace is not None:
+            parts = urlsplit(files_base(self.files_upstream, workspace))
             return f"{parts.scheme}://{parts.netloc}"
         return self.upstream_origin
 
