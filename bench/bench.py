@@ -37,6 +37,8 @@ JSON_PATH = f"{WORKSPACE_PATH}/processes"
 DOWNLOAD_PATH = f"{WORKSPACE_PATH}/files/big.bin"
 TOKEN = "bench-token-0123456789abcdef"
 MIB = 1024 * 1024
+# The row for `--workers auto`, one worker per CPU; the plain "eodh-proxy" row is the default.
+WORKERS_ROW = "eodh-proxy --workers auto"
 RESULTS_START = "<!-- bench/run results: start -->"
 RESULTS_END = "<!-- bench/run results: end -->"
 
@@ -856,9 +858,12 @@ def main() -> int:
                 return start_nginx(processes, nginx_proxy_conf(folder, port, upstream_port), port)
             if kind == "mitmdump":
                 return start_mitmdump(processes, folder, port, upstream_port)
-            return start_eodh_proxy(processes, folder, port, upstream_port, [])
+            extra = ["--workers", "auto"] if kind == WORKERS_ROW else []
+            return start_eodh_proxy(processes, folder, port, upstream_port, extra)
 
         kinds = ["nginx", *(["mitmdump"] if shutil.which("mitmdump") else []), "eodh-proxy"]
+        if (os.cpu_count() or 1) > 1:
+            kinds.append(WORKERS_ROW)
         reference = Target("upstream, no proxy", upstream_port, upstream, reference=True)
         print("upstream, no proxy:", file=sys.stderr, flush=True)
         results = [measure(reference.name, lambda: reference, lambda target: None, plan)]
