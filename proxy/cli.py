@@ -1,4 +1,4 @@
-"""The command line: `eodh-proxy serve`, `explain`, `demo` and `vault add|list|remove`.
+"""The command line: `eodh-proxy serve`, `explain`, `demo`, `check`, `vault` and `client`.
 
 This module parses arguments, builds settings and hands over; a `ConfigError`
 from anywhere below becomes one line on standard error and exit status 2.
@@ -77,7 +77,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_vault_commands(commands)
     add_client_commands(commands, add_vault_flags)
+    add_check_command(commands)
     return parser
+
+
+def add_check_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = commands.add_parser(
+        "check",
+        help="ask the upstream whether it accepts each token in the vault",
+        description="Validate the config and vault, then send one request with each token "
+        "to the upstream (GET of the workspace's process list) and print a table of "
+        "workspace, HTTP status and verdict. Exit status 0 when every token is accepted, "
+        "1 when any is not, 2 for a mistake in the config or vault.",
+    )
+    check.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"config file (default: {default_config_path()} when it exists)",
+    )
+    check.add_argument(
+        "--vault", metavar="FILE", help=f"vault file of tokens (default: {default_vault_path()})"
+    )
+    check.add_argument(
+        "--upstream", metavar="URL", help=f"EODH API origin (default: {DEFAULT_UPSTREAM})"
+    )
+    check.add_argument(
+        "--ca-bundle",
+        metavar="FILE",
+        help="PEM file of extra CA certificates to trust for the upstream (default: none)",
+    )
 
 
 def add_vault_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -176,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _explain(args)
         if args.command == "client":
             return run_client_command(args)
+        if args.command == "check":
+            return _check(args)
     except ConfigError as error:
         print(f"eodh-proxy: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -236,3 +266,17 @@ def _vault(args: argparse.Namespace) -> int:
     if args.vault_command == "remove":
         return vaultcmd.remove(vault_path, args.workspace)
     return vaultcmd.list_entries(vault_path)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from proxy.check import run_check
+
+    settings = load_settings(
+        {
+            "config": args.config,
+            "vault": args.vault,
+            "upstream": args.upstream,
+            "ca_bundle": args.ca_bundle,
+        }
+    )
+    return run_check(settings)

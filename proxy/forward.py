@@ -10,6 +10,7 @@ for `healthz`), then go to `proxy.admin` instead of upstream.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterable
@@ -88,6 +89,8 @@ class ProxyHandler:
         self._admin = admin if admin is not None else Admin(
             vaults, self._health, self._metrics, ReloadCounts(), self._upstream_origin
         )
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.apply_settings(settings)
 
     def apply_settings(self, settings: Settings) -> None:
@@ -116,6 +119,7 @@ class ProxyHandler:
                 relayed.sent = response.content_length or 0
                 return response
             self._metrics.in_flight += 1
+            self._idle.clear()
             in_flight = True
             plan = self.plan(request, host, cors, client)
             workspace = plan.route.workspace or "-"
@@ -139,6 +143,8 @@ class ProxyHandler:
             elapsed = time.perf_counter() - started
             if in_flight:
                 self._metrics.in_flight -= 1
+                if self._metrics.in_flight == 0:
+                    self._idle.set()
             if is_admin:
                 # Probes and scrapes of the admin endpoints would swamp the access log at INFO.
                 access_log.debug(
@@ -155,6 +161,23 @@ class ProxyHandler:
                     relayed.sent, elapsed * 1000,
                 )
         return response
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being proxied now; admin requests are not counted."""
+        return self._metrics.in_flight
+
+    async def wait_idle(self, timeout: float, hurry: asyncio.Event | None = None) -> bool:
+        """Wait until no request is in flight; return False if `timeout` or `hurry` came first."""
+        waits = [asyncio.ensure_future(self._idle.wait())]
+        if hurry is not None:
+            waits.append(asyncio.ensure_future(hurry.wait()))
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        return self._idle.is_set()
 
     def check_request(self, request: web.BaseRequest) -> tuple[str, bool, Client | None]:
         """Apply the checks every request passes, admin ones included.

@@ -57,6 +57,7 @@ LIVE_FIELDS = frozenset(
         "access_log",
         "rewrite_links",
         "reload_interval",
+        "shutdown_grace_period",
     }
 )
 # Config keys that set more than one field, or a field under another name.

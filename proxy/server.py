@@ -102,6 +102,7 @@ class Proxy:
             self.vaults, settings, flags, self.apply_settings, self.vault_reloaded, reloads
         )
         self._runner: web.ServerRunner | None = None
+        self._site: web.SockSite | None = None
         self.port: int | None = None
         access_log.disabled = not settings.access_log
         self.exposed = False
@@ -155,14 +156,39 @@ class Proxy:
         server = _ProxyServer(
             handler, handler_cancellation=True, access_log=None, auto_decompress=False
         )
-        self._runner = web.ServerRunner(server, handle_signals=False, access_log=None)
+        # `stop` waits for requests in flight itself; the runner's own wait after that
+        # only gives cancelled handlers a moment to unwind.
+        self._runner = web.ServerRunner(
+            server, handle_signals=False, access_log=None, shutdown_timeout=0.1
+        )
         await self._runner.setup()
         site = web.SockSite(self._runner, sock)
         await site.start()
+        self._site = site
         self.port = site._sock.getsockname()[1]
 
-    async def stop(self) -> None:
-        if self._runner is not None:
+    async def stop(self, hurry: asyncio.Event | None = None) -> None:
+        """Stop accepting, give requests in flight the grace period to finish, then close.
+
+        Setting `hurry` (a second stop signal) ends the wait at once. Requests still
+        in flight after the wait are cancelled, and their connections closed.
+        """
+        self.admin.draining = True
+        if self._site is not None:
+            await self._site.stop()
+        if self._runner is not None and self._runner.server is not None:
+            # Keep-alive connections close now if idle, else after their current response.
+            self._runner.server.pre_shutdown()
+            grace = self.settings.shutdown_grace_period
+            if self.handler.in_flight:
+                log.info(
+                    "no longer accepting connections; waiting up to %g s for %d request(s) "
+                    "in flight", grace, self.handler.in_flight,
+                )
+                if not await self.handler.wait_idle(grace, hurry):
+                    log.warning(
+                        "cutting off %d request(s) still in flight", self.handler.in_flight
+                    )
             await self._runner.cleanup()
         await self.upstream.close()
 
@@ -302,9 +328,17 @@ async def _serve(
     if ready is not None:
         ready(proxy)
     stop = asyncio.Event()
+    hurry = asyncio.Event()
+
+    def stop_requested() -> None:
+        if stop.is_set() and not hurry.is_set():
+            log.info("second stop signal: not waiting for requests in flight")
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop_requested)
     loop.add_signal_handler(signal.SIGHUP, reloader.reload_all, "SIGHUP")
     if worker is not None:
         # A worker starts with these signals blocked (see `proxy.workers`), so that
@@ -318,6 +352,11 @@ async def _serve(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await proxy.stop()
+        await proxy.stop(hurry)
+        # The proxy has stopped: a late stop signal must not turn exit status 0 into a kill
+        # while the interpreter shuts down (closing the loop would restore the default action).
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)
         access_line.flush()
     logging.shutdown()

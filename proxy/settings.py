@@ -30,6 +30,7 @@ DEFAULT_READ_TIMEOUT = 300.0
 # A bound that catches typos; each worker is a whole process with its own pool.
 MAX_WORKERS = 256
 DEFAULT_RELOAD_INTERVAL = 0.5
+DEFAULT_SHUTDOWN_GRACE_PERIOD = 10.0
 
 
 def config_dir() -> Path:
@@ -81,6 +82,8 @@ class Settings:
     reload_interval: float = DEFAULT_RELOAD_INTERVAL
     """Seconds between checks of the vault and config files for changes; 0 turns polling off."""
     insecure_no_client_auth: bool = False
+    shutdown_grace_period: float = DEFAULT_SHUTDOWN_GRACE_PERIOD
+    """Seconds that requests in flight get to finish after SIGTERM before they are cut off."""
     workers: int = 1
     """Number of worker processes sharing the listening port."""
 
@@ -108,6 +111,7 @@ CONFIG_KEYS = (
     "files_upstream",
     "reload_interval",
     "insecure_no_client_auth",
+    "shutdown_grace_period",
     "workers",
 )
 
@@ -165,6 +169,11 @@ def load_settings(flags: Mapping[str, Any], *, read_config: bool = True) -> Sett
             *value_of("reload_interval", DEFAULT_RELOAD_INTERVAL), allow_zero=True, maximum=3600
         ),
         insecure_no_client_auth=_parse_bool(*value_of("insecure_no_client_auth", False)),
+        shutdown_grace_period=_parse_seconds(
+            *value_of("shutdown_grace_period", DEFAULT_SHUTDOWN_GRACE_PERIOD),
+            allow_zero=True,
+            maximum=3600,
+        ),
         workers=parse_workers(*value_of("workers", 1)),
     )
 
