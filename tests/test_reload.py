@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,7 +82,8 @@ class SecretMount:
 def start_proxy(
     upstream: UpstreamServer, vault: Path, env: dict[str, str], config: Path | None = None
 ) -> ProxyProcess:
-    args = ["serve", "--listen", "127.0.0.1:0", "--upstream", upstream.origin, "--vault", str(vault)]
+    args = ["serve", "--listen", "127.0.0.1:0", "--upstream", upstream.origin,
+            "--vault", str(vault)]
     if config is not None:
         args += ["--config", str(config)]
     return ProxyProcess(args, env=env).wait_ready()
@@ -365,3 +368,28 @@ def test_example_config_is_valid() -> None:
     example = Path(__file__).parent.parent / "config.example.yaml"
     settings = load_settings({"config": str(example)})
     assert settings.reload_interval == 0.5
+
+
+def test_vault_add_rotates_token_live(
+    tmp_path: Path, upstream: UpstreamServer, isolated_env: dict[str, str],
+    proxies: list[ProxyProcess],
+) -> None:
+    path = tmp_path / "vault.yaml"
+    path.write_text(vault_text(stale_vault()))
+    path.chmod(0o600)
+    proxy = start_proxy(upstream, path, isolated_env)
+    proxies.append(proxy)
+    assert get(proxy, "beta-ws").status_code == 403
+
+    after = len(proxy.lines)
+    added = subprocess.run(
+        [sys.executable, "-m", "proxy", "vault", "add", "beta-ws", "--vault", str(path)],
+        input=TOKENS["beta-ws"] + "\n", capture_output=True, text=True, timeout=30,
+        env={**os.environ, **isolated_env}, check=False,
+    )
+    proxy.wait_for_line(f"vault {path} reloaded (file changed): changed beta-ws", RELOAD_WAIT,
+                        after=after)
+
+    assert added.returncode == 0, added.stderr
+    assert get(proxy, "beta-ws").status_code == 200
+    assert upstream.state.received[-1].headers["Authorization"] == [f"Bearer {TOKENS['beta-ws']}"]
