@@ -186,6 +186,12 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         help="allow listening beyond loopback with no clients in the vault, so that anyone "
         "who can reach the port can use every token (default: off)",
     )
+    parser.add_argument(
+        "--audit-log",
+        metavar="FILE",
+        help="append one JSON line per request to FILE, or to standard output for '-' "
+        "(default: no audit log)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,6 +260,7 @@ def _settings_flags(args: argparse.Namespace) -> dict[str, str | None]:
         "ca_bundle": args.ca_bundle,
         "files_upstream": args.files_upstream,
         "insecure_no_client_auth": args.insecure_no_client_auth,
+        "audit_log": args.audit_log,
     }
 
 

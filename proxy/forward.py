@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 
 from proxy import guards, routes
 from proxy.admin import Admin, admin_path
+from proxy.audit import AuditLog
 from proxy.clients import Client
 from proxy.credentials import choose_credential
 from proxy.errors import ProxyError, UpstreamBrokeOff, UpstreamError
@@ -91,6 +92,7 @@ class ProxyHandler:
         )
         self._idle = asyncio.Event()
         self._idle.set()
+        self.audit: AuditLog | None = None
         self.apply_settings(settings)
 
     def apply_settings(self, settings: Settings) -> None:
@@ -110,6 +112,7 @@ class ProxyHandler:
         in_flight = False
         response: web.StreamResponse | None = None
         relayed = Relayed()
+        plan: Plan | None = None
         try:
             host, cors, client = self.check_request(request)
             rest = admin_path(request.raw_path)
@@ -160,6 +163,8 @@ class ProxyHandler:
                     request.remote, request.method, _path_of(request), workspace, status,
                     relayed.sent, elapsed * 1000,
                 )
+            if self.audit is not None and _audited(request):
+                self._audit(self.audit, request, plan, response, status, relayed.sent, elapsed)
         return response
 
     @property
@@ -178,6 +183,32 @@ class ProxyHandler:
             for wait in waits:
                 wait.cancel()
         return self._idle.is_set()
+
+    @staticmethod
+    def _audit(
+        audit: AuditLog,
+        request: web.BaseRequest,
+        plan: Plan | None,
+        response: web.StreamResponse | None,
+        status: int,
+        sent: int,
+        elapsed: float,
+    ) -> None:
+        if isinstance(response, web.Response) and isinstance(response.body, bytes):
+            sent = len(response.body)
+        credential = plan.credential if plan is not None else None
+        audit.record(
+            client=request.get("client"),
+            remote=request.remote,
+            workspace=request.get("workspace"),
+            method=request.method,
+            path=request.raw_path.partition("?")[0],
+            status=status,
+            bytes_in=getattr(request.content, "total_bytes", 0),
+            bytes_out=sent,
+            duration_ms=elapsed * 1000,
+            token_fp=credential.token.fingerprint if credential is not None else None,
+        )
 
     def check_request(self, request: web.BaseRequest) -> tuple[str, bool, Client | None]:
         """Apply the checks every request passes, admin ones included.
@@ -364,6 +395,11 @@ async def _request_body(
         return body
     headers.popall("Content-Length", None)
     return rewrite_stream(request.content.iter_any(), rules)
+
+
+def _audited(request: web.BaseRequest) -> bool:
+    """Return whether `request` goes in the audit log: all but liveness probes."""
+    return request.raw_path.partition("?")[0] not in guards.CLIENT_AUTH_EXEMPT_PATHS
 
 
 def _path_of(request: web.BaseRequest) -> str:

@@ -18,6 +18,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from proxy import clients, exposure
 from proxy.admin import Admin
+from proxy.audit import AuditLog
 from proxy.errors import ClientRequestError, ConfigError, ProxyError
 from proxy.forward import ProxyHandler
 from proxy.guards import ClientGate
@@ -107,6 +108,7 @@ class Proxy:
         access_log.disabled = not settings.access_log
         self.exposed = False
         """Whether the listener is beyond loopback (a wildcard address counts as beyond)."""
+        self.audit = AuditLog(settings.audit_log) if settings.audit_log is not None else None
 
     def apply_settings(self, settings: Settings) -> None:
         """Use reloaded settings for new requests; see `proxy.reload` for which fields change."""
@@ -134,6 +136,8 @@ class Proxy:
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Start the upstream session and serve on `sock`, or on a socket bound from the settings."""
+        if self.audit is not None:
+            self.audit.open()
         if sock is None:
             sock = bind_socket(self.settings.listen_host, self.settings.listen_port)
         self.exposed = not exposure.is_loopback_address(sock.getsockname()[0])
@@ -166,6 +170,14 @@ class Proxy:
         await site.start()
         self._site = site
         self.port = site._sock.getsockname()[1]
+        if self.audit is not None:
+            self.audit.start()
+            self.handler.audit = self.audit
+
+    def reopen_logs(self) -> None:
+        """Reopen the audit log file, as log rotation expects on SIGHUP."""
+        if self.audit is not None:
+            self.audit.reopen("SIGHUP")
 
     async def stop(self, hurry: asyncio.Event | None = None) -> None:
         """Stop accepting, give requests in flight the grace period to finish, then close.
@@ -191,6 +203,8 @@ class Proxy:
                     )
             await self._runner.cleanup()
         await self.upstream.close()
+        if self.audit is not None:
+            self.audit.close()
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -243,6 +257,9 @@ def log_listening(settings: Settings, vault: Vault, port: int, *, exposed: bool)
     log.info("upstream %s", settings.upstream)
     log.info("vault %s: workspaces %s", vault.path, ", ".join(vault.workspaces) or "(none)")
     log.info("allowed hosts %s", ", ".join(settings.allowed_hosts))
+    if settings.audit_log is not None:
+        target = "standard output" if settings.audit_log == "-" else settings.audit_log
+        log.info("audit log %s", target)
     if vault.clients:
         log.info("client credentials required: clients %s", ", ".join(sorted(vault.clients)))
     exposure_warnings = exposure.exposure_warnings(settings, vault, exposed=exposed)
@@ -286,6 +303,11 @@ def serve(
     the proxy in that many processes.
     """
     vault = load_vault(settings.vault_path)
+    if settings.audit_log is not None:
+        # An audit log that cannot be opened stops the start with one line, before any worker.
+        probe = AuditLog(settings.audit_log)
+        probe.open()
+        probe.close()
     if settings.workers > 1:
         from proxy.workers import serve_workers
 
@@ -302,6 +324,11 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
         return
     uvloop.run(main)
+
+
+def _on_sighup(proxy: Proxy, reloader: Reloader) -> None:
+    reloader.reload_all("SIGHUP")
+    proxy.reopen_logs()
 
 
 async def _serve(
@@ -339,7 +366,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop_requested)
-    loop.add_signal_handler(signal.SIGHUP, reloader.reload_all, "SIGHUP")
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, proxy, reloader)
     if worker is not None:
         # A worker starts with these signals blocked (see `proxy.workers`), so that
         # none arrives before the handlers above; any that came are delivered now.

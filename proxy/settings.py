@@ -86,6 +86,8 @@ class Settings:
     """Seconds that requests in flight get to finish after SIGTERM before they are cut off."""
     workers: int = 1
     """Number of worker processes sharing the listening port."""
+    audit_log: str | None = None
+    """Audit log file path, "-" for standard output, or None for no audit log."""
 
     @property
     def listen(self) -> str:
@@ -113,6 +115,7 @@ CONFIG_KEYS = (
     "insecure_no_client_auth",
     "shutdown_grace_period",
     "workers",
+    "audit_log",
 )
 
 
@@ -175,6 +178,7 @@ def load_settings(flags: Mapping[str, Any], *, read_config: bool = True) -> Sett
             maximum=3600,
         ),
         workers=parse_workers(*value_of("workers", 1)),
+        audit_log=_parse_audit_log(*value_of("audit_log", None), base_of("audit_log")),
     )
 
 
@@ -321,6 +325,14 @@ def _placeholder_is_whole(text: str) -> bool:
             after == "" or after[0] in ".:/"
         )
     return before.endswith("/") and (after == "" or after.startswith("/"))
+
+
+def _parse_audit_log(value: Any, where: str, base: Path | None) -> str | None:
+    if value is None:
+        return None
+    if value == "-":
+        return "-"
+    return str(_parse_path(value, where, base))
 
 
 def _parse_path(value: Any, where: str, base: Path | None) -> Path:
