@@ -10,7 +10,11 @@ Rules this module keeps:
 2. Anything a server might read in more than one way is rejected before any
    token is chosen: dot segments, raw or encoded; encoded slashes and
    backslashes; doubly encoded characters; empty segments; control characters;
-   characters outside RFC 3986's path grammar.
+   characters outside RFC 3986's path grammar. Lenient servers are counted too:
+   a segment that becomes a dot segment once its ";" parameters are stripped
+   (Tomcat and Jetty strip them), or once Unicode compatibility normalisation
+   (NFKC) is applied, is rejected, as are escapes that are not valid UTF-8
+   (overlong forms such as "%C0%AE" decode to "." in some old decoders).
 3. The target is forwarded byte for byte. Nothing here re-encodes or decodes
    what goes upstream: `Route.upstream_target` is a slice of the raw target.
 4. A workspace mount, `/as/<workspace>/<path>`, is a deliberate choice of
@@ -26,6 +30,7 @@ Everything here is pure: no I/O, no vault, no settings object.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import unquote
@@ -172,6 +177,10 @@ def _check_path_syntax(path: str, target: str) -> None:
         raise PathRejected(
             "the path holds an encoded slash, backslash, percent sign or control character"
         )
+    try:
+        unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        raise PathRejected("the path contains percent escapes that are not valid UTF-8") from None
 
 
 def _check_segments(segments: list[str]) -> None:
@@ -179,8 +188,22 @@ def _check_segments(segments: list[str]) -> None:
     for index, segment in enumerate(segments):
         if segment == "" and index != len(segments) - 1:
             raise PathRejected("the path holds an empty segment ('//')")
-        if unquote(segment) in (".", ".."):
-            raise PathRejected("the path holds a '.' or '..' segment, raw or percent-encoded")
+        if _reads_as_dot_or_slash(segment):
+            raise PathRejected(
+                "the path contains a '.' or '..' segment (raw, percent-encoded, followed by "
+                "';' or as a Unicode look-alike) or a look-alike of '/' or '\\'"
+            )
+
+
+def _reads_as_dot_or_slash(segment: str) -> bool:
+    """Tell whether a lenient server could read `segment` as a dot segment or a separator."""
+    decoded = unquote(segment)
+    for reading in (decoded, unicodedata.normalize("NFKC", decoded)):
+        if reading.partition(";")[0] in (".", ".."):
+            return True
+        if "/" in reading or "\\" in reading:
+            return True
+    return False
 
 
 def _strict_segments(path: str) -> list[str]:
