@@ -77,6 +77,19 @@ class MethodNotAllowed(ClientRequestError):
     kind = "method-not-allowed"
 
 
+class FramingRejected(ClientRequestError):
+    """The request's body length could be read two ways (request smuggling)."""
+
+    title = "Ambiguous message framing"
+    kind = "bad-framing"
+
+
+class VersionNotSupported(ClientRequestError):
+    status = 505
+    title = "HTTP version not supported"
+    kind = "version-not-supported"
+
+
 class UpgradeRejected(ClientRequestError):
     status = 501
     title = "Protocol upgrade not supported"

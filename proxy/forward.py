@@ -1,9 +1,11 @@
 """The request handler: checks, resolves and relays one request.
 
-Each request goes through the same steps: guards (host, origin, method), the
-route (which workspace), the credential (which token), then the upstream
-exchange with both bodies streamed. Everything up to the upstream exchange is
-decided before the proxy answers `100 Continue` or reads a byte of the body.
+Each request goes through the same steps: guards (host, method, framing,
+origin), the route (which workspace), the credential (which token), then the
+upstream exchange with both bodies streamed. Everything up to the upstream
+exchange is decided before the proxy sends `100 Continue` or reads a byte of
+the body. A CORS preflight from an allowed origin gets its response after the
+guards and goes no further: browsers send no credentials with a preflight.
 Requests for `/_proxy/...` pass the same guards (and client credentials, except
 for `healthz`), then go to `proxy.admin` instead of upstream.
 """
@@ -19,13 +21,17 @@ from dataclasses import dataclass
 from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 
-from proxy import guards, routes
+from proxy import cors, guards, routes
 from proxy.admin import Admin, admin_path
 from proxy.audit import AuditLog
 from proxy.clients import Client
 from proxy.credentials import choose_credential
 from proxy.errors import ProxyError, UpstreamBrokeOff, UpstreamError
-from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.headers import (
+    add_browser_safety_headers,
+    client_response_headers,
+    upstream_request_headers,
+)
 from proxy.health import TokenHealth
 from proxy.links import (
     BUFFERED_REQUEST_MAX,
@@ -40,6 +46,8 @@ from proxy.problem import problem_response
 from proxy.settings import Settings
 from proxy.upstream import Upstream
 from proxy.vault import Credential, VaultHolder
+
+_CORS_ORIGIN = "cors_origin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +107,10 @@ class ProxyHandler:
         """Use `settings` for requests from now on (a config reload); the upstream stays."""
         self._settings = settings
         self._families = routes.parse_families(settings.routes)
-        self._host_policy = guards.HostPolicy(settings.allowed_hosts, settings.allowed_origins)
+        self._host_policy = guards.HostPolicy(
+            settings.allowed_hosts + guards.listen_host_names(settings.listen_host),
+            settings.allowed_origins,
+        )
         self._links = LinkTranslator(
             self._upstream_origin, settings.files_upstream, enabled=settings.rewrite_links
         )
@@ -114,28 +125,29 @@ class ProxyHandler:
         relayed = Relayed()
         plan: Plan | None = None
         try:
-            host, cors, client = self.check_request(request)
+            host, cors_origin = self.check_request(request)
+            if cors_origin is not None and cors.is_preflight(request.method, request.headers):
+                response = preflight_response(cors_origin, request)
+                return response
+            client = self.authenticate(request)
             rest = admin_path(request.raw_path)
             if rest is not None:
                 is_admin = True
                 response = await self._admin.handle(request, rest)
+                add_browser_safety_headers(response.headers)
                 relayed.sent = response.content_length or 0
                 return response
             self._metrics.in_flight += 1
             self._idle.clear()
             in_flight = True
-            plan = self.plan(request, host, cors, client)
+            plan = self.plan(request, host, cors_origin, client)
             workspace = plan.route.workspace or "-"
             if plan.credential is not None:
                 label = plan.credential.workspace
             response = await self.relay(request, plan, relayed)
         except ProxyError as error:
             workspace = request.get("workspace") or "-"
-            response = problem_response(error)
-            if request.body_exists and not request.content.is_eof():
-                # The body was not read (nor 100 Continue sent): end the connection
-                # rather than read an upload nobody wants.
-                response.force_close()
+            response = await self.error_response(request, error)
             if isinstance(error, UpstreamError):
                 self._metrics.upstream_error(error.metric_kind)
             if error.status >= 500:
@@ -210,26 +222,26 @@ class ProxyHandler:
             token_fp=credential.token.fingerprint if credential is not None else None,
         )
 
-    def check_request(self, request: web.BaseRequest) -> tuple[str, bool, Client | None]:
-        """Apply the checks every request passes, admin ones included.
+    def check_request(self, request: web.BaseRequest) -> tuple[str, str | None]:
+        """Apply the guards every request passes, admin ones included, Host first.
 
-        Returns the validated `Host`, whether the request comes from an allowed
-        CORS origin, and the gateway client that sent it (None when client
-        credentials are off, or for `/_proxy/healthz`).
+        Returns the validated `Host` and the request's origin when CORS allows
+        it. Client credentials are checked next, by `authenticate`.
         """
         host = guards.check_host(request.headers.get("Host"), self._host_policy)
         guards.check_method(request.method, request.headers)
-        cors = guards.check_cross_site(
-            request.headers.get("Origin"),
-            request.headers.get("Sec-Fetch-Site"),
+        guards.check_framing(request.version, request.headers)
+        cors_origin = guards.check_cross_site(
+            request.headers.getall("Origin", []),
+            request.headers.getall("Sec-Fetch-Site", []),
             host,
             self._host_policy,
         )
-        client = self.authenticate(request)
-        return host, cors, client
+        request[_CORS_ORIGIN] = cors_origin
+        return host, cors_origin
 
     def plan(
-        self, request: web.BaseRequest, host: str, cors: bool, client: Client | None
+        self, request: web.BaseRequest, host: str, cors_origin: str | None, client: Client | None
     ) -> Plan:
         """Decide route and token, without touching the body or the upstream."""
         route = routes.resolve(request.raw_path, self._families)
@@ -246,10 +258,34 @@ class ProxyHandler:
             route=route,
             credential=credential,
             client_origin=client_origin,
-            cors_origin=request.headers["Origin"] if cors else None,
+            cors_origin=cors_origin,
             links=self._links.exchange(client_origin, route),
             client=client,
         )
+
+    async def error_response(
+        self, request: web.BaseRequest, error: ProxyError
+    ) -> web.StreamResponse:
+        """Build the problem+json response for `error`; end the connection if nothing may follow."""
+        response = problem_response(error)
+        cors_origin = request.get(_CORS_ORIGIN)
+        if cors_origin is not None:
+            for name, value in cors.response_headers(cors_origin):
+                response.headers.add(name, value)
+
+        if error.close_connection or _awaits_continue(request):
+            # The framing or protocol cannot be trusted, or the client waits for a
+            # 100 Continue that will never come. Send the response and close now,
+            # rather than let aiohttp wait up to 10 s for a body.
+            response.force_close()
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()
+        elif request.body_exists and not request.content.is_eof():
+            # The body is on its way. aiohttp reads and discards it for up to 10 s
+            # before closing, so the client gets this response rather than a reset.
+            response.force_close()
+        return response
 
     def authenticate(self, request: web.BaseRequest) -> Client | None:
         """Return the gateway client that sent `request`, None when none is required, or raise."""
@@ -284,7 +320,7 @@ class ProxyHandler:
             authorization = "Bearer " + plan.credential.token.reveal()
         headers = upstream_request_headers(request.headers, authorization)
         plan.links.adjust_request_headers(headers)
-        if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
+        if _awaits_continue(request):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = await _request_body(request, headers, plan.links)
         url = routes.upstream_url(plan.route, self._upstream_origin, self._settings.files_upstream)
@@ -312,8 +348,9 @@ class ProxyHandler:
             for name, value in plan.links.response_headers(response_headers, body_rewrite):
                 response.headers.add(name, value)
             if plan.cors_origin is not None:
-                response.headers["Access-Control-Allow-Origin"] = plan.cors_origin
-                response.headers.add("Vary", "Origin")
+                for name, value in cors.response_headers(plan.cors_origin):
+                    response.headers.add(name, value)
+            add_browser_safety_headers(response.headers)
             writer = await response.prepare(request)
             relayed.status = response.status
             if writer is not None and not self._upstream.body_started(upstream):
@@ -400,6 +437,23 @@ async def _request_body(
 def _audited(request: web.BaseRequest) -> bool:
     """Return whether `request` goes in the audit log: all but liveness probes."""
     return request.raw_path.partition("?")[0] not in guards.CLIENT_AUTH_EXEMPT_PATHS
+
+
+def preflight_response(origin: str, request: web.BaseRequest) -> web.Response:
+    """Build the local response to an allowed origin's CORS preflight, never sent upstream."""
+    response = web.Response(status=204)
+    for name, value in cors.preflight_headers(origin, request.headers):
+        response.headers.add(name, value)
+    add_browser_safety_headers(response.headers)
+    return response
+
+
+def _awaits_continue(request: web.BaseRequest) -> bool:
+    return (
+        request.version >= (1, 1)
+        and request.body_exists
+        and request.headers.get("Expect", "").lower() == "100-continue"
+    )
 
 
 def _path_of(request: web.BaseRequest) -> str:

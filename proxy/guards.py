@@ -3,9 +3,11 @@
 A page in the user's browser can make requests to the proxy. The `Host` check
 stops DNS rebinding (a foreign name that resolves to 127.0.0.1); the `Origin`
 and `Sec-Fetch-Site` checks stop cross-site requests, such as a form post that
-would start a workflow. On a team gateway, `ClientGate` checks each request's
-client credential and grants. All functions here are pure; `ClientGate` keeps
-only the count of failed credentials per source address.
+would start a workflow. The method and framing checks keep the request to one
+plain HTTP/1.x exchange with one reading of where its body ends. On a team
+gateway, `ClientGate` checks each request's client credential and grants. All
+functions here are pure; `ClientGate` keeps only the count of failed
+credentials per source address.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import ipaddress
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cachetools import TTLCache
+from multidict import MultiMapping
 
 from proxy import clients
 from proxy.clients import Client
@@ -25,10 +28,12 @@ from proxy.errors import (
     ClientForbidden,
     ClientUnauthorized,
     CrossSiteRejected,
+    FramingRejected,
     HostNotAllowed,
     MethodNotAllowed,
     TooManyFailures,
     UpgradeRejected,
+    VersionNotSupported,
 )
 from proxy.log import log
 
@@ -37,6 +42,9 @@ DEFAULT_ALLOWED_HOSTS = ("localhost", "*.localhost", "127.0.0.1", "[::1]")
 _HOST_HEADER = re.compile(
     r"(?P<name>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::(?P<port>[0-9]{1,5}))?\Z"
 )
+# TRACE would echo the request, Authorization header included, back to the client.
+_REJECTED_METHODS = frozenset({"CONNECT", "TRACE"})
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +56,40 @@ class HostPolicy:
 
     def host_allowed(self, name: str) -> bool:
         name = name.lower().rstrip(".")
+        address = _ip_literal(name)
         for pattern in self.allowed_hosts:
             if pattern.startswith("*."):
                 if name.endswith(pattern[1:]) and len(name) > len(pattern) - 1:
                     return True
-            elif name == pattern:
+            elif name == pattern or (address is not None and address == _ip_literal(pattern)):
                 return True
         return False
+
+    def origin_allowed(self, origin: str) -> bool:
+        return origin.lower() in (allowed.lower() for allowed in self.allowed_origins)
+
+
+def _ip_literal(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Return the address a host name spells as an IP literal ("[::1]", "127.0.0.1"), or None."""
+    try:
+        if name.startswith("[") and name.endswith("]"):
+            return ipaddress.IPv6Address(name[1:-1])
+        return ipaddress.IPv4Address(name)
+    except ValueError:
+        return None
+
+
+def listen_host_names(listen_host: str) -> tuple[str, ...]:
+    """Return the Host name a client uses for a specific listen address, if it has one.
+
+    A DNS rebinding attack always sends the attacker's host name, never an IP
+    literal, so the address the proxy listens on is safe to accept. A wildcard
+    address (0.0.0.0, ::) names no host and adds nothing.
+    """
+    address = _ip_literal(f"[{listen_host}]" if ":" in listen_host else listen_host)
+    if address is None or address.is_unspecified:
+        return ()
+    return (f"[{address}]" if address.version == 6 else str(address),)
 
 
 def split_host(host: str) -> tuple[str, str | None] | None:
@@ -69,48 +104,98 @@ def split_host(host: str) -> tuple[str, str | None] | None:
 
 
 def check_host(host: str | None, policy: HostPolicy) -> str:
-    """Return the validated `Host` value, or raise `HostNotAllowed`."""
+    """Return the validated `Host` value, or raise `HostNotAllowed`.
+
+    The error also closes the connection, so nothing else that client sends is read.
+    """
     if not host:
-        raise HostNotAllowed("the request has no Host header")
+        raise HostNotAllowed("the request has no Host header", close_connection=True)
     parts = split_host(host)
     if parts is None:
-        raise HostNotAllowed("the Host header is not a valid host name and port")
+        raise HostNotAllowed(
+            "the Host header is not a valid host name and port", close_connection=True
+        )
     if not policy.host_allowed(parts[0]):
         raise HostNotAllowed(
             f"host {parts[0]!r} is not an allowed name for this proxy; "
-            "add it to allowed_hosts in the config if it is yours"
+            "add it to allowed_hosts in the config if it is yours",
+            close_connection=True,
         )
     return host
 
 
 def check_method(method: str, headers: Mapping[str, str]) -> None:
-    """Reject CONNECT and protocol upgrades: the proxy only relays plain HTTP requests."""
-    if method == "CONNECT":
-        raise MethodNotAllowed("CONNECT is not supported: this is a reverse proxy")
+    """Reject CONNECT, TRACE and protocol upgrades: the proxy only relays plain HTTP requests."""
+    if method in _REJECTED_METHODS:
+        raise MethodNotAllowed(
+            f"{method} is not supported: this is a reverse proxy for the EODH API",
+            close_connection=True,
+        )
     if "Upgrade" in headers:
         raise UpgradeRejected(
-            "protocol upgrades (such as WebSocket) are not supported", close_connection=True
+            "protocol upgrades (such as WebSocket or h2c) are not supported",
+            close_connection=True,
         )
 
 
+def check_framing(version: tuple[int, int], headers: MultiMapping[str]) -> None:
+    """Reject a request whose body length could be read two ways (RFC 9112 section 6).
+
+    aiohttp's parser rejects most of these already; checking again here keeps
+    the rule when aiohttp runs its lenient pure-Python parser
+    (AIOHTTP_NO_EXTENSIONS=1, or a platform without its C extension).
+    """
+    if version not in ((1, 0), (1, 1)):
+        raise VersionNotSupported(
+            f"HTTP/{version[0]}.{version[1]} is not supported (expected HTTP/1.1 or HTTP/1.0)",
+            close_connection=True,
+        )
+    lengths = headers.getall("Content-Length", [])
+    codings = headers.getall("Transfer-Encoding", [])
+    if len(lengths) > 1:
+        raise _framing_error("the request has more than one Content-Length header")
+    if lengths and not _CONTENT_LENGTH.match(lengths[0]):
+        raise _framing_error("the Content-Length header is not a decimal number")
+    if not codings:
+        return
+    if lengths:
+        raise _framing_error("the request has both Content-Length and Transfer-Encoding")
+    if version == (1, 0):
+        raise _framing_error("HTTP/1.0 requests cannot use Transfer-Encoding")
+    if len(codings) > 1 or codings[0].strip().lower() != "chunked":
+        raise _framing_error(
+            "the only Transfer-Encoding accepted is a single 'chunked' "
+            "(no other codings, no list, no second header)"
+        )
+
+
+def _framing_error(detail: str) -> FramingRejected:
+    # The body's end is unknown, so nothing after it on this connection can be trusted.
+    return FramingRejected(detail, close_connection=True)
+
+
 def check_cross_site(
-    origin: str | None, fetch_site: str | None, host: str, policy: HostPolicy
-) -> bool:
-    """Reject requests a browser marks as cross-site; return True for an allowed CORS origin."""
+    origins: Sequence[str], fetch_sites: Sequence[str], host: str, policy: HostPolicy
+) -> str | None:
+    """Reject requests a browser marks as cross-site; return the origin when CORS allows it."""
+    if len(origins) > 1 or len(fetch_sites) > 1:
+        raise CrossSiteRejected("the request has more than one Origin or Sec-Fetch-Site header")
+    origin = origins[0] if origins else None
+    fetch_site = fetch_sites[0] if fetch_sites else None
     if origin is not None:
-        if origin in policy.allowed_origins:
-            return True
+        if policy.origin_allowed(origin):
+            return origin
         if origin.lower() != f"http://{host.lower()}":
             raise CrossSiteRejected(
                 "requests from web pages on other origins are rejected; "
                 "add the origin to allowed_origins in the config if you trust it"
             )
-    if fetch_site in ("cross-site", "same-site"):
+    if fetch_site is not None and fetch_site.lower() in ("cross-site", "same-site"):
         raise CrossSiteRejected(
             f"the browser marked this request as {fetch_site}; requests from other sites are "
             "rejected"
         )
-    return False
+    return None
 
 
 # Paths that need no client credential even on a gateway: a liveness probe has none.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.errors import PROBLEM_JSON, ProxyError
+from proxy.headers import add_browser_safety_headers
 
 
 def problem_response(error: ProxyError) -> web.Response:
@@ -14,6 +15,7 @@ def problem_response(error: ProxyError) -> web.Response:
         content_type=PROBLEM_JSON,
         headers=error.response_headers(),
     )
+    add_browser_safety_headers(response.headers)
     if error.close_connection:
         response.force_close()
     return response

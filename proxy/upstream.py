@@ -19,10 +19,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from proxy.errors import ConfigError, UpstreamBrokeOff, UpstreamError, UpstreamTimeout
+from proxy.errors import (
+    ConfigError,
+    FramingRejected,
+    UpstreamBrokeOff,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 CHUNK_SIZE = 256 * 1024
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
@@ -137,6 +144,12 @@ class Upstream:
                 f"upstream host {host} closed or reset the connection", metric_kind="reset"
             ) from exc
         except aiohttp.ClientError as exc:
+            if _client_body_failed(exc):
+                raise FramingRejected(
+                    "invalid chunked encoding in the request body, "
+                    "so the upstream request was aborted",
+                    close_connection=True,
+                ) from exc
             raise UpstreamError(
                 f"request to upstream host {host} failed: {_reason(exc)}", metric_kind="protocol"
             ) from exc
@@ -218,6 +231,16 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _client_body_failed(exc: BaseException) -> bool:
+    """Tell whether `exc` comes from reading the client's request body, not from the upstream."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, web.RequestPayloadError):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _reason(exc: BaseException) -> str:

@@ -148,20 +148,59 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"XDG_CONFIG_HOME": str(home)}
 
 
+def serve_proxy(
+    upstream: UpstreamServer,
+    vault_file: Path,
+    env: dict[str, str],
+    *,
+    config: Path | None = None,
+) -> ProxyProcess:
+    """Start a proxy on a free loopback port in front of `upstream`, with an optional config."""
+    args = [
+        "serve", "--listen", "127.0.0.1:0", "--upstream", upstream.origin, "--vault", str(vault_file),
+        "--files-upstream", upstream.files_template,
+    ]
+    if config is not None:
+        args += ["--config", str(config)]
+    return ProxyProcess(args, env=env).wait_ready()
+
+
+def stop_proxy(process: ProxyProcess) -> None:
+    """Stop `process` and check that no token ever appeared in its output."""
+    process.stop()
+    secrets = [token for token in TOKENS.values() if token in process.output]
+    assert secrets == [], "a token appeared in the proxy's output"
+
+
 @pytest.fixture(scope="session")
 def proxy(
     upstream: UpstreamServer, vault_file: Path, isolated_env: dict[str, str]
 ) -> Iterator[ProxyProcess]:
     """One proxy for the session, in front of the shared stand-in, with default settings."""
-    process = ProxyProcess(
-        ["serve", "--listen", "127.0.0.1:0", "--upstream", upstream.origin, "--vault", str(vault_file),
-         "--files-upstream", upstream.files_template],
-        env=isolated_env,
-    ).wait_ready()
+    process = serve_proxy(upstream, vault_file, isolated_env)
     yield process
-    process.stop()
-    secrets = [token for token in TOKENS.values() if token in process.output]
-    assert secrets == [], "a token appeared in the proxy's output"
+    stop_proxy(process)
+
+
+BROWSER_ORIGIN = "https://app.example.org"
+
+
+@pytest.fixture(scope="session")
+def browser_proxy(
+    upstream: UpstreamServer,
+    vault_file: Path,
+    isolated_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ProxyProcess]:
+    """A proxy that also answers to gateway.example.org and *.corp.example, with CORS for one origin."""
+    config = tmp_path_factory.mktemp("browser") / "config.yaml"
+    config.write_text(
+        "allowed_hosts: [gateway.example.org, '*.corp.example']\n"
+        f"allowed_origins: ['{BROWSER_ORIGIN}']\n"
+    )
+    process = serve_proxy(upstream, vault_file, isolated_env, config=config)
+    yield process
+    stop_proxy(process)
 
 
 def free_port() -> int:

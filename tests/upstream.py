@@ -28,6 +28,10 @@ TOKENS = {
 }
 PUBLIC = "/api/catalogue/stac"
 BLOCK = bytes(range(256)) * 256  # 64 KiB of a known pattern
+UPLOADS = web.AppKey("uploads", list)
+"""Sizes of the uploads `_upload` read to their end."""
+UPLOAD_STARTED = web.AppKey("upload_started", threading.Event)
+"""Set when `_upload` starts reading a body."""
 
 
 async def _echo(request: web.Request) -> web.Response:
@@ -69,9 +73,11 @@ async def _upload(request: web.Request) -> web.Response:
     """Read the body as a stream and return its size and SHA-256."""
     digest = hashlib.sha256()
     size = 0
+    request.app[UPLOAD_STARTED].set()
     async for chunk in request.content.iter_any():
         digest.update(chunk)
         size += len(chunk)
+    request.app[UPLOADS].append(size)
     return web.json_response(
         {
             "size": size,
@@ -155,6 +161,8 @@ async def _headers(request: web.Request) -> web.Response:
     response.headers.add("Set-Cookie", "b=2; Path=/")
     response.headers.add("X-Upstream", "yes")
     response.headers.add("Access-Control-Allow-Origin", "*")
+    response.headers.add("Access-Control-Allow-Credentials", "true")
+    response.headers.add("Access-Control-Allow-Private-Network", "true")
     response.headers["Connection"] = "X-Hop"
     response.headers["X-Hop"] = "dropped"
     return response
@@ -301,6 +309,8 @@ def build_app() -> web.Application:
     app = standin.build_app(TOKENS)
     app[GATES_KEY] = {}
     app.router.add_get(standin.USER_CATALOGS + "/{ws}/hold", _hold)
+    app[UPLOADS] = []
+    app[UPLOAD_STARTED] = threading.Event()
     ws = standin.USER_CATALOGS + "/{ws}"
     for path in (ws + "/echo", ws + "/echo/{tail:.*}", "/echo/{tail:.*}", PUBLIC + "/echo"):
         app.router.add_route("*", path, _echo)
