@@ -66,18 +66,43 @@ def read_reply(sock: socket.socket) -> Reply:
     raw_head = buffer[: head_end + 4]
     body = buffer[head_end + 4 :]
     length = next((int(v) for k, v in headers if k.lower() == "content-length"), None)
-    while length is None or len(body) < length:
+    chunked = any(
+        k.lower() == "transfer-encoding" and "chunked" in v.lower() for k, v in headers
+    )
+    while not _body_complete(body, length, chunked):
         chunk = _recv(sock)
         if not chunk:
             eof = True
             break
         body += chunk
+    raw = raw_head + body
+    if chunked:
+        body = _dechunk(body)
     if not eof:
         try:
             eof = _recv(sock) == b""
         except TimeoutError:
             eof = False
-    return Reply(status, headers, body, raw_head + body, closed=eof)
+    return Reply(status, headers, body, raw, closed=eof)
+
+
+def _body_complete(body: bytes, length: int | None, chunked: bool) -> bool:
+    if chunked:
+        return body.startswith(b"0\r\n\r\n") or b"\r\n0\r\n\r\n" in body
+    return length is not None and len(body) >= length
+
+
+def _dechunk(body: bytes) -> bytes:
+    """Return the data of a chunked body (trailers are not expected and are dropped)."""
+    data = b""
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        data += body[:size]
+        body = body[size + 2 :]
+    return data
 
 
 def _recv(sock: socket.socket) -> bytes:

@@ -15,7 +15,11 @@ from collections.abc import Callable
 
 from proxy.routes import DEFAULT_FAMILIES
 
-FAMILIES = sorted((prefix.strip("/").split("/") for prefix in DEFAULT_FAMILIES), key=len, reverse=True)
+# Workspace mounts (/as/<workspace>/..., /files-of/<workspace>/...) come first,
+# then the route families, longest first.
+FAMILIES = [["as"], ["files-of"]] + sorted(
+    (prefix.strip("/").split("/") for prefix in DEFAULT_FAMILIES), key=len, reverse=True
+)
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 
 Route = tuple[str | None, str | None]

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from proxy.standin import USER_CATALOGS
 from tests.conftest import ProxyProcess, raw_request
 from tests.strict import LENIENT_READINGS, strict_route
-from tests.test_routes import TARGETS
+from tests.test_routes_property import TARGETS
 from tests.upstream import TOKENS, UpstreamServer
 
 # Headers that try to steer the route or the token; none is a reason to reject.

@@ -17,7 +17,7 @@ import pytest
 
 from proxy.standin import USER_CATALOGS
 from tests.conftest import ProxyProcess, serve_proxy, stop_proxy
-from tests.rawhttp import build, exchange, read_reply, received_since
+from tests.rawhttp import Reply, build, exchange, read_reply, received_since
 from tests.upstream import UPLOAD_STARTED, UPLOADS, UpstreamServer
 
 UPLOAD = f"{USER_CATALOGS}/alpha-ws/upload"
@@ -216,16 +216,16 @@ def test_refused_upgrade_never_becomes_tunnel(
     assert received_since(upstream, before) == []
 
 
-def continue_exchange(port: int, head: bytes, body: bytes) -> tuple[bytes, bytes]:
-    """Send `head`, read what comes first, send `body` only after a 100, and read the rest."""
+def continue_exchange(port: int, head: bytes, body: bytes) -> tuple[bytes, Reply | None]:
+    """Send `head`, read what comes first, send `body` only after a 100, and read the reply."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(head)
         first = sock.recv(65536)
-        rest = b""
+        reply = None
         if first.startswith(b"HTTP/1.1 100 "):
             sock.sendall(body)
-            rest = read_reply(sock).raw
-    return first, rest
+            reply = read_reply(sock)
+    return first, reply
 
 
 @pytest.mark.parametrize(
@@ -254,14 +254,15 @@ def test_refused_upload_never_gets_continue(
 
 
 def test_accepted_upload_gets_continue(proxy: ProxyProcess, upstream: UpstreamServer) -> None:
-    first, rest = continue_exchange(
+    first, reply = continue_exchange(
         proxy.port,
         post("Content-Length: 5", "Expect: 100-continue", "Connection: close"),
         b"hello",
     )
     assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
-    assert rest.startswith(b"HTTP/1.1 200"), rest[:300]
-    assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["size"] == 5
+    assert reply is not None
+    assert reply.status == 200, reply.raw[:300]
+    assert json.loads(reply.body)["size"] == 5
     assert "Expect" not in upstream.state.received[-1].headers
 
 

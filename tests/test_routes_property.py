@@ -68,6 +68,17 @@ shaped_targets = st.builds(
 )
 free_targets = st.lists(st.one_of(segments, family_segments), min_size=1, max_size=10).map(join)
 TARGETS = st.one_of(shaped_targets, shaped_targets, free_targets)
+# Workspace mounts send any path with the named workspace's token, so they are
+# kept out of TARGETS, which the fuzz of the running proxy also uses.
+mount_targets = st.builds(
+    lambda mount, before, workspace, after, tail: f"{mount}{join(before)}/{workspace}"
+    + join(after) + tail,
+    st.sampled_from(["/as", "/files-of"]),
+    st.lists(segments, max_size=1),
+    st.sampled_from(WORKSPACES),
+    st.lists(segments, max_size=4),
+    st.sampled_from(["", "?q=1", "/api/workspaces/beta-ws/x"]),
+)
 
 DETERMINISTIC = settings(
     max_examples=1500,
@@ -78,21 +89,40 @@ DETERMINISTIC = settings(
 )
 
 
-@DETERMINISTIC
-@given(TARGETS)
-def test_resolved_workspace_matches_strict_server(target: str) -> None:
-    """Rejected, or read as a strict server reads it; with a workspace, as lenient ones do too."""
+def check_one_reading(target: str) -> None:
+    """Assert that `target` is rejected, or read as a strict server and lenient ones read it."""
     try:
         route = resolve(target, PARSED_FAMILIES)
     except PathRejected:
         event("rejected")
         return
-    event("workspace" if route.workspace else "no workspace")
+    if route.mount:
+        event("mount")
+    elif route.workspace:
+        event("workspace")
+    else:
+        event("no workspace")
     assert (route.family, route.workspace) == strict_route(target), target
-    assert route.upstream_target == target
+    if route.mount:
+        rest = target[len(route.mount) :]
+        assert route.upstream_target == (rest if rest.startswith("/") else "/" + rest), target
+    else:
+        assert route.upstream_target == target
     if route.workspace is not None:
         for name, reading in LENIENT_READINGS.items():
             assert reading(target) == (route.family, route.workspace), (name, target)
+
+
+@DETERMINISTIC
+@given(TARGETS)
+def test_resolved_workspace_matches_strict_server(target: str) -> None:
+    check_one_reading(target)
+
+
+@settings(DETERMINISTIC, max_examples=500)
+@given(mount_targets)
+def test_mount_workspace_matches_strict_server(target: str) -> None:
+    check_one_reading(target)
 
 
 @pytest.mark.parametrize(
