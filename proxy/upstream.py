@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -234,13 +235,16 @@ def is_loopback_host(host: str) -> bool:
 
 
 def _client_body_failed(exc: BaseException) -> bool:
-    """Tell whether `exc` comes from reading the client's request body, not from the upstream."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, web.RequestPayloadError):
-            return True
-        cause = cause.__cause__
-    return False
+    """Tell whether `exc` is aiohttp's wrapper for an error in reading the client's request body.
+
+    aiohttp's client raises a plain `ClientConnectionError` caused by the body's
+    own error when it cannot read the body it is sending: `RequestPayloadError`
+    or, from the pure-Python parser, an `HttpProcessingError` such as
+    `TransferEncodingError` (checked with aiohttp 3.14.5).
+    """
+    return type(exc) is aiohttp.ClientConnectionError and isinstance(
+        exc.__cause__, (web.RequestPayloadError, HttpProcessingError)
+    )
 
 
 def _reason(exc: BaseException) -> str:

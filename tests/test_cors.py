@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 
 from proxy.standin import USER_CATALOGS
 from tests.conftest import BROWSER_ORIGIN, ProxyProcess
+from tests.gateway import basic, secrets_in, serve_args, write_gateway_vault
 from tests.rawhttp import build, exchange, received_since
 from tests.upstream import UpstreamServer
 
@@ -138,3 +140,46 @@ def test_similar_origins_rejected(
     reply = exchange(browser_proxy.port, request(ECHO, f"Origin: {origin}", method="POST"))
     assert reply.status == 403, reply.raw[:300]
     assert received_since(upstream, before) == []
+
+
+@pytest.fixture(scope="module")
+def cors_gateway(
+    upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory, isolated_env: dict[str, str]
+) -> Iterator[ProxyProcess]:
+    """A gateway whose vault lists clients, with CORS for one origin."""
+    folder = tmp_path_factory.mktemp("cors-gateway")
+    vault = write_gateway_vault(folder / "vault.yaml")
+    config = folder / "config.yaml"
+    config.write_text(f"allowed_origins: ['{BROWSER_ORIGIN}']\n")
+    process = ProxyProcess(
+        serve_args(upstream, vault, "127.0.0.1:0", "--config", str(config)), env=isolated_env
+    ).wait_ready()
+    yield process
+    process.stop()
+    assert secrets_in(process.output) == []
+
+
+def test_gateway_preflight_needs_no_credentials(
+    cors_gateway: ProxyProcess, upstream: UpstreamServer
+) -> None:
+    """Browsers send no credentials with a preflight, so it is answered before the client check."""
+    before = len(upstream.state.received)
+    reply = exchange(
+        cors_gateway.port,
+        preflight(BROWSER_ORIGIN, "Access-Control-Request-Headers: authorization"),
+    )
+    assert reply.status == 204, reply.raw[:300]
+    assert reply.header("Access-Control-Allow-Headers") == ["authorization"]
+    assert received_since(upstream, before) == []
+
+
+def test_gateway_request_still_needs_credentials(cors_gateway: ProxyProcess) -> None:
+    without = exchange(cors_gateway.port, request(ECHO, f"Origin: {BROWSER_ORIGIN}"))
+    assert without.status == 401
+    assert without.header("Access-Control-Allow-Origin") == [BROWSER_ORIGIN]
+    with_key = exchange(
+        cors_gateway.port,
+        request(ECHO, f"Origin: {BROWSER_ORIGIN}", f"Authorization: {basic('alice')}"),
+    )
+    assert with_key.status == 200, with_key.raw[:300]
+    assert with_key.header("Access-Control-Allow-Origin") == [BROWSER_ORIGIN]

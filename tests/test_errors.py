@@ -88,6 +88,12 @@ def test_proxied_responses_sandboxed(proxy: ProxyProcess) -> None:
     assert reply.header("X-Content-Type-Options") == ["nosniff"]
 
 
+def test_admin_responses_sandboxed(proxy: ProxyProcess) -> None:
+    reply = exchange(proxy.port, get("/_proxy/status"))
+    assert reply.status == 200, reply.raw[:300]
+    assert reply.header("Content-Security-Policy") == ["sandbox"]
+
+
 def test_upstream_error_passes_unchanged(proxy: ProxyProcess, upstream: UpstreamServer) -> None:
     target = "/api/catalogue/stac/no-such-thing"
     direct = requests.get(upstream.origin + target, timeout=10)

@@ -135,10 +135,12 @@ def test_bad_chunk_rejected(proxy: ProxyProcess, upstream: UpstreamServer, name:
     assert len(upstream.app[UPLOADS]) == completed
 
 
+@pytest.mark.parametrize("parser", ["proxy", "pure_parser_proxy"])
 def test_bad_chunk_mid_upload_aborts_upstream(
-    proxy: ProxyProcess, upstream: UpstreamServer
+    request: pytest.FixtureRequest, upstream: UpstreamServer, parser: str
 ) -> None:
     """A malformed chunk after a good one: 400 to the client, an incomplete body upstream."""
+    proxy: ProxyProcess = request.getfixturevalue(parser)
     started = upstream.app[UPLOAD_STARTED]
     started.clear()
     completed = len(upstream.app[UPLOADS])
