@@ -162,7 +162,7 @@ def cors_gateway(
 def test_gateway_preflight_needs_no_credentials(
     cors_gateway: ProxyProcess, upstream: UpstreamServer
 ) -> None:
-    """Browsers send no credentials with a preflight, so it is answered before the client check."""
+    """Browsers send no credentials with a preflight, so it is handled before the client check."""
     before = len(upstream.state.received)
     reply = exchange(
         cors_gateway.port,
