@@ -292,6 +292,23 @@ def test_missing_credentials_not_counted(gateway: ProxyProcess) -> None:
     assert status_of(allowed) == 200, allowed[:300]
 
 
+def test_admin_endpoints_need_client(gateway: ProxyProcess) -> None:
+    for endpoint in ("readyz", "status", "metrics"):
+        url = f"{gateway.url}/_proxy/{endpoint}"
+        anonymous = requests.get(url, timeout=10)
+        assert anonymous.status_code == 401, endpoint
+        assert anonymous.headers["WWW-Authenticate"] == 'Basic realm="eodh-proxy"'
+        signed_in = requests.get(url, auth=("reader", key_of("reader")), timeout=10)
+        assert signed_in.status_code == 200, endpoint
+
+
+def test_healthz_open_without_client(gateway: ProxyProcess) -> None:
+    assert requests.get(f"{gateway.url}/_proxy/healthz", timeout=10).status_code == 200
+    # requests would decode %5F to "_", so the encoded form goes over a raw socket.
+    encoded = raw_from("127.0.0.1", gateway.port, get_request("/%5Fproxy/healthz"))
+    assert status_of(encoded) == 401
+
+
 def test_unknown_client_name_not_logged(gateway: ProxyProcess) -> None:
     """A user may type a key where the name goes; only known names reach the log."""
     name = "typed-key-" + uuid.uuid4().hex
