@@ -53,9 +53,11 @@ def add_client_commands(
         "--workspace",
         dest="workspaces",
         action="append",
-        required=True,
+        default=[],
         metavar="WS",
-        help=f"workspace the client may use; repeat for more, or '{ALL_WORKSPACES}' for all",
+        help=f"workspace the client may use; repeat for more, or '{ALL_WORKSPACES}' for all "
+        "(default: none, so only paths that name no workspace and the admin endpoints, "
+        "as for a monitoring probe)",
     )
     add.add_argument(
         "--read-only",
@@ -98,7 +100,7 @@ def _add(path: Path, name: str, workspaces: list[str], *, read_only: bool) -> in
     change = vaultfile.set_entry(path, "clients", name, fields, check_vault_text)
 
     methods = ", ".join(READ_ONLY_METHODS) if read_only else "every method"
-    granted_text = granted if isinstance(granted, str) else ", ".join(granted)
+    granted_text = granted if isinstance(granted, str) else ", ".join(granted) or "none"
     print(
         f"Added client {name} to {path}: workspaces {granted_text}; {methods}.\n"
         "Its key, shown only this once (the vault keeps only its SHA-256 digest):\n\n"

@@ -63,7 +63,7 @@ class Client:
     def describe_workspaces(self) -> str:
         if self.workspaces is None:
             return ALL_WORKSPACES
-        return ", ".join(sorted(self.workspaces))
+        return ", ".join(sorted(self.workspaces)) or "none"
 
     def describe_methods(self) -> str:
         if self.methods is None:

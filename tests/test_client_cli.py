@@ -65,6 +65,16 @@ def test_add_writes_mode_0600(tmp_path: Path) -> None:
     assert [path.name for path in tmp_path.iterdir()] == ["vault.yaml"]
 
 
+def test_client_without_workspaces(tmp_path: Path) -> None:
+    """A monitoring probe's client: no workspace, only public paths and admin endpoints."""
+    vault = tmp_path / "vault.yaml"
+    add_client(vault, "probe", "--read-only")
+    client = load_vault(vault).clients["probe"]
+    assert client.workspaces == frozenset()
+    listed = run_cli("client", "list", "--vault", str(vault)).stdout.splitlines()
+    assert listed[1].split()[:2] == ["probe", "none"]
+
+
 def test_read_only_flag_limits_methods(tmp_path: Path) -> None:
     vault = tmp_path / "vault.yaml"
     add_client(vault, "reader", "--workspace", "*", "--read-only")
