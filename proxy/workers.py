@@ -96,7 +96,12 @@ def serve_workers(settings: Settings, vault: Vault, flags: Mapping[str, Any] | N
         sock.close()
     if supervisor.stopping:
         supervisor.signal_all(signal.SIGTERM)
-    return supervisor.wait()
+    status = supervisor.wait()
+    # Python restores the default action of signals with Python handlers while it
+    # exits, so a late SIGTERM would replace this exit status with death by signal.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+    return status
 
 
 def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:

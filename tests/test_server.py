@@ -23,7 +23,7 @@ from tests.upstream import TOKENS, UpstreamServer
 def test_event_loop_named_at_start(proxy: ProxyProcess) -> None:
     """uvloop runs the proxy when it is installed (the `speed` extra), asyncio's loop otherwise."""
     expected = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    assert f"event loop {expected}" in proxy.output
+    assert proxy.wait_for_line("event loop ").endswith(f"event loop {expected}")
 
 
 def children_of(pid: int) -> list[int]:
@@ -93,7 +93,7 @@ def test_workers_finish_requests_on_sigterm(
     response = request.finish()
     assert response.status_code == 200
     assert response.text == "released"
-    assert workers.stop() == 0, workers.output
+    assert workers.process.wait(15) == 0, workers.output
 
 
 def test_worker_exit_stops_the_rest(workers: ProxyProcess) -> None:
