@@ -32,7 +32,10 @@ from proxy.errors import (
     UpstreamTimeout,
 )
 
-CHUNK_SIZE = 256 * 1024
+# The client's read buffer per upstream response; aiohttp pauses reading from the
+# upstream at twice this, so it bounds the body bytes held per response. 1 MiB
+# moved a 1 GiB loopback download about 8% faster than 256 KiB (bench/run).
+CHUNK_SIZE = 1024 * 1024
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
