@@ -135,7 +135,7 @@ class ProxyHandler:
                 is_admin = True
                 response = await self._admin.handle(request, rest)
                 add_browser_safety_headers(response.headers)
-                relayed.sent = response.content_length or 0
+                relayed.sent = _sent_body_size(request, response)
                 return response
             self._metrics.in_flight += 1
             self._idle.clear()
@@ -148,6 +148,7 @@ class ProxyHandler:
         except ProxyError as error:
             workspace = request.get("workspace") or "-"
             response = await self.error_response(request, error)
+            relayed.sent = _sent_body_size(request, response)
             if isinstance(error, UpstreamError):
                 self._metrics.upstream_error(error.metric_kind)
             if error.status >= 500:
@@ -454,6 +455,13 @@ def _awaits_continue(request: web.BaseRequest) -> bool:
         and request.body_exists
         and request.headers.get("Expect", "").lower() == "100-continue"
     )
+
+
+def _sent_body_size(request: web.BaseRequest, response: web.StreamResponse) -> int:
+    """Return the body bytes a response the proxy built itself sends (none for HEAD)."""
+    if request.method == "HEAD":
+        return 0
+    return response.content_length or 0
 
 
 def _path_of(request: web.BaseRequest) -> str:

@@ -254,6 +254,14 @@ def test_access_line_per_request(proxy: ProxyProcess) -> None:
     assert line.endswith("ms")
 
 
+def test_access_line_counts_error_body(proxy: ProxyProcess) -> None:
+    """The proxy's own error responses are logged with the size of the body they sent."""
+    response = requests.get(f"{proxy.url}{USER_CATALOGS}/gamma-ws/logged-error", timeout=10)
+    assert response.status_code == 403
+    line = proxy.wait_for_line("/gamma-ws/logged-error")
+    assert f" gamma-ws 403 {len(response.content)}B " in line
+
+
 def test_error_bodies_hold_no_token(proxy: ProxyProcess) -> None:
     for path in ("/gamma-ws/processes", "/alpha-ws/../x", "/alpha-ws/processes/missing"):
         response = requests.get(f"{proxy.url}{USER_CATALOGS}{path}", timeout=10)
