@@ -50,7 +50,10 @@ from proxy.routes import (
     files_base,
 )
 
-BUFFERED_REQUEST_MAX = 1024 * 1024
+# A JSON request body of known length up to this many bytes is read whole, so that it
+# keeps a Content-Length once rewritten (object stores often require one on PUT). Each
+# such request keeps two copies of its body in memory while it is rewritten.
+BUFFERED_REQUEST_MAX = 8 * 1024 * 1024
 _LOCATION_HEADERS = frozenset({"location", "content-location"})
 # Headers that describe the exact bytes of a body, which rewriting changes.
 _BODY_DIGEST_HEADERS = frozenset({"content-md5", "digest", "content-digest", "repr-digest"})

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
+from proxy.links import BUFFERED_REQUEST_MAX
 from proxy.standin import USER_CATALOGS
 from tests.conftest import ProxyProcess, raw_request
 from tests.upstream import PUBLIC, UpstreamServer, links_document
@@ -107,8 +109,8 @@ def test_request_body_of_buffer_limit_rewritten(
     proxy: ProxyProcess, upstream: UpstreamServer
 ) -> None:
     head = f'{{"href": "{proxy.url}/x", "pad": "'.encode()
-    body = head + b"p" * (1024 * 1024 - len(head) - 2) + b'"}'
-    assert len(body) == 1024 * 1024
+    body = head + b"p" * (BUFFERED_REQUEST_MAX - len(head) - 2) + b'"}'
+    assert len(body) == BUFFERED_REQUEST_MAX
     response = requests.post(
         f"{proxy.url}{USER_CATALOGS}/alpha-ws/mirror",
         data=body,
@@ -169,8 +171,9 @@ def test_large_request_json_streamed_chunked(
     proxy: ProxyProcess, upstream: UpstreamServer
 ) -> None:
     link = f'"{proxy.url}{PUBLIC}/items/1"'
-    body = ("[" + ",".join([link] * 60_000) + "]").encode()
-    assert len(body) > 1024 * 1024
+    count = BUFFERED_REQUEST_MAX // len(link) + 1000
+    body = ("[" + ",".join([link] * count) + "]").encode()
+    assert len(body) > BUFFERED_REQUEST_MAX
     response = requests.post(
         f"{proxy.url}{USER_CATALOGS}/alpha-ws/mirror",
         data=body,
@@ -178,9 +181,34 @@ def test_large_request_json_streamed_chunked(
         timeout=30,
     )
     received = json.loads(response.content)
-    assert len(received) == 60_000
+    assert len(received) == count
     assert set(received) == {f"{upstream.origin}{PUBLIC}/items/1"}
     assert response.headers["X-Received-Transfer-Encoding"] == "chunked"
+
+
+def test_curl_json_upload_keeps_length(
+    proxy: ProxyProcess, upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    """A 2.6 MB GeoJSON upload with a Content-Length reaches the files host with one."""
+    feature = {"type": "Feature", "geometry": None, "properties": {"pad": "p" * 200},
+               "links": [{"rel": "self", "href": f"{proxy.url}/files-of/alpha-ws/files/a.json"}]}
+    document = json.dumps({"type": "FeatureCollection", "features": [feature] * 8_000})
+    assert len(document) > 2_600_000
+    upload = tmp_path / "big.geojson"
+    upload.write_text(document)
+    result = subprocess.run(
+        ["curl", "-sS", "-f", "-T", str(upload), "-H", "Content-Type: application/geo+json",
+         f"{proxy.url}/files-of/alpha-ws/files/big.geojson"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    received = upstream.state.received[-1]
+    stored, _ = upstream.state.files[("alpha-ws", "files/big.geojson")]
+    assert received.headers["Content-Length"] == [str(len(stored))]
+    assert "Transfer-Encoding" not in received.headers
+    assert json.loads(stored)["features"][0]["links"][0]["href"].startswith(
+        upstream.files_template.replace("{workspace}", "alpha-ws")
+    )
 
 
 def test_non_json_request_body_untouched(proxy: ProxyProcess) -> None:
