@@ -72,6 +72,8 @@ class _Replacement:
     suffix: bytes | None
     """Bytes after the workspace label, or None when the target has no placeholder."""
     workspace_group: str | None
+    lower_workspace: bool = False
+    """Whether the matched label is lower-cased: host names are case-insensitive, paths are not."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,10 @@ class Rules:
         replacement = self.replacements[match.lastgroup]
         if replacement.suffix is None or replacement.workspace_group is None:
             return replacement.prefix
-        return replacement.prefix + match[replacement.workspace_group] + replacement.suffix
+        workspace = match[replacement.workspace_group]
+        if replacement.lower_workspace:
+            workspace = workspace.lower()
+        return replacement.prefix + workspace + replacement.suffix
 
 
 @functools.lru_cache(maxsize=512)
@@ -103,7 +108,9 @@ def compile_rules(translations: tuple[Translation, ...]) -> Rules:
             workspace_group = f"w{index}{'e' if escaped else 'p'}"
             regex, length = _source_regex(translation.source, escaped, workspace_group)
             alternatives.append(b"(?P<" + name.encode() + b">" + regex + b")")
-            replacements[name] = _replacement(translation.target, escaped, workspace_group)
+            replacements[name] = _replacement(
+                translation.target, escaped, workspace_group, _placeholder_in_host(translation.source)
+            )
             longest = max(longest, length)
     if not alternatives:
         return Rules(pattern=None, replacements={}, hold=0)
@@ -147,11 +154,23 @@ def _literal(text: str, escaped: bool, workspace_group: str) -> bytes:
     return regex
 
 
-def _replacement(target: str, escaped: bool, workspace_group: str) -> _Replacement:
+def _replacement(
+    target: str, escaped: bool, workspace_group: str, lower_workspace: bool
+) -> _Replacement:
     before, placeholder, after = _escape_slashes(target, escaped).partition(WORKSPACE_PLACEHOLDER)
     if not placeholder:
         return _Replacement(prefix=before.encode(), suffix=None, workspace_group=None)
-    return _Replacement(prefix=before.encode(), suffix=after.encode(), workspace_group=workspace_group)
+    return _Replacement(
+        prefix=before.encode(),
+        suffix=after.encode(),
+        workspace_group=workspace_group,
+        lower_workspace=lower_workspace,
+    )
+
+
+def _placeholder_in_host(source: str) -> bool:
+    authority = source.partition("://")[2].partition("/")[0]
+    return WORKSPACE_PLACEHOLDER in authority
 
 
 def _escape_slashes(text: str, escaped: bool) -> str:

@@ -142,6 +142,23 @@ def test_other_workspace_files_links_translated(
     assert response.json()["href"] == f"{proxy.url}/files-of/gamma-ws/files/b/k.tif"
 
 
+def test_upper_case_files_host_lower_cased(
+    upstream: UpstreamServer, vault_file: Path, start_proxy
+) -> None:
+    """A files host link is case-insensitive in its workspace label, so the label becomes lower case."""
+    port = files_origin(upstream).rsplit(":", 1)[1]
+    process = start_proxy(
+        "--listen", "127.0.0.1:0", "--upstream", upstream.origin, "--vault", str(vault_file),
+        "--files-upstream", f"http://{{workspace}}.localhost:{port}",
+    )
+    link = f"http://ALPHA-WS.localhost:{port}/files/b/K.tif"
+    response = requests.get(
+        f"{process.url}{USER_CATALOGS}/alpha-ws/echo", headers={"X-Link": link}, timeout=10
+    )
+    echoed = dict(response.json()["headers"])
+    assert echoed["X-Link"] == f"{process.url}/files-of/alpha-ws/files/b/K.tif"
+
+
 @pytest.mark.parametrize(
     "template",
     [

@@ -178,6 +178,16 @@ def test_workspace_in_path_template() -> None:
     assert rewrite_text("http://127.0.0.1:9000/b_ws/files/k", rules) == "http://127.0.0.1:9000/b_ws/files/k"
 
 
+def test_workspace_host_label_lower_cased() -> None:
+    link = "https://B-WS.staging.eodatahub-workspaces.org.uk/files/K"
+    assert rewrite_text(link, TO_CLIENT) == CLIENT + "/files-of/b-ws/files/K"
+
+
+def test_workspace_path_label_case_kept() -> None:
+    rules = compile_rules((Translation("http://127.0.0.1:9000/{workspace}", CLIENT + "/files-of/{workspace}"),))
+    assert rewrite_text("http://127.0.0.1:9000/B-ws/files/K", rules) == CLIENT + "/files-of/B-ws/files/K"
+
+
 def test_non_matching_body_unchanged_and_streamed() -> None:
     body = b'{"a": "' + b"x" * 100_000 + b'"}'
     rewriter = LinkRewriter(TO_CLIENT)
