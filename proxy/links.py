@@ -9,8 +9,8 @@ headers and bodies:
   and `Content-Length` are dropped, a strong `ETag` becomes weak, and digests
   of the old bytes are dropped. Other bodies pass untouched.
 - `Location` and `Content-Location` are always translated, `Link` only while
-  rewriting is on. Under a mount or `/files-of/`, a relative `Location` is read
-  against that route's upstream and translated like an absolute one.
+  rewriting is on. Under a mount or `/files-of/`, a root-relative URL in any of
+  them is read against that route's upstream and translated like an absolute one.
 - Links to any workspace's files host become `/files-of/<workspace>/...` on the
   proxy. Links to the API upstream get the mount prefix, if the request had one.
 - JSON request bodies get the reverse translation. A body of known length up
@@ -38,7 +38,7 @@ from proxy.rewrite import (
     compile_rules,
     content_coding,
     is_json_media_type,
-    rewrite_text,
+    translate_link,
     translate_location,
 )
 from proxy.routes import (
@@ -203,7 +203,7 @@ class Exchange:
             if lower in _LOCATION_HEADERS:
                 value = translate_location(value, self.to_client, self.relative_base)
             elif lower == "link" and self.enabled:
-                value = rewrite_text(value, self.to_client)
+                value = translate_link(value, self.to_client, self.relative_base)
             elif body is not None:
                 if lower == "content-length" or lower in _BODY_DIGEST_HEADERS:
                     continue

@@ -50,6 +50,8 @@ _JSON_TYPES = frozenset({"application/json", "text/json"})
 # Content codings the proxy can decode to rewrite a body.
 DECODABLE_ENCODINGS = frozenset({"gzip", "x-gzip", "deflate"})
 _IDENTITY = frozenset({"", "identity"})
+# A target in a `Link` header value (RFC 8288): `<URI-reference>`.
+_LINK_TARGET = re.compile(r"<([^<>]*)>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +265,22 @@ def translate_location(value: str, rules: Rules, relative_base: str) -> str:
         translated = rewrite_text(absolute, rules)
         return value if translated == absolute else translated
     return rewrite_text(value, rules)
+
+
+def translate_link(value: str, rules: Rules, relative_base: str) -> str:
+    """Rewrite a `Link` header value: each `<target>` as `translate_location` does, the rest as text.
+
+    So a root-relative target under a workspace mount gets the mount prefix, as a
+    relative `Location` does. Relative-path targets (`<page-2>`) are kept as sent.
+    """
+    pieces: list[str] = []
+    position = 0
+    for target in _LINK_TARGET.finditer(value):
+        pieces.append(rewrite_text(value[position : target.start()], rules))
+        pieces.append("<" + translate_location(target[1], rules, relative_base) + ">")
+        position = target.end()
+    pieces.append(rewrite_text(value[position:], rules))
+    return "".join(pieces)
 
 
 def is_json_media_type(content_type: str | None) -> bool:

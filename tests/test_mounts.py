@@ -130,6 +130,22 @@ def test_relative_location_kept_in_mount(proxy: ProxyProcess) -> None:
     assert response.headers["Location"] == f"{proxy.url}/as/alpha-ws{PUBLIC}/"
 
 
+def test_relative_link_kept_in_mount(proxy: ProxyProcess) -> None:
+    """A root-relative `Link` target gets the mount prefix, like a relative `Location`."""
+    response = requests.get(
+        f"{proxy.url}/as/alpha-ws{PUBLIC}/redirect?to=relative", allow_redirects=False, timeout=10
+    )
+    expected = f'<{proxy.url}/as/alpha-ws{PUBLIC}/>; rel="next", <page-2>; rel="prev"'
+    assert response.headers["Link"] == expected
+
+
+def test_relative_link_outside_mount_untouched(proxy: ProxyProcess) -> None:
+    response = requests.get(
+        f"{proxy.url}{PUBLIC}/redirect?to=relative", allow_redirects=False, timeout=10
+    )
+    assert response.headers["Link"] == f'<{PUBLIC}/>; rel="next", <page-2>; rel="prev"'
+
+
 def test_absolute_location_kept_in_mount(proxy: ProxyProcess) -> None:
     response = requests.get(
         f"{proxy.url}/as/alpha-ws{PUBLIC}/redirect", allow_redirects=False, timeout=10

@@ -18,6 +18,7 @@ from proxy.rewrite import (
     content_coding,
     is_json_media_type,
     rewrite_text,
+    translate_link,
     translate_location,
 )
 
@@ -224,6 +225,24 @@ def test_relative_location_read_against_base() -> None:
     assert translate_location("/x", TO_CLIENT, "https://other.example") == "/x"
     assert translate_location(UPSTREAM + "/x", TO_CLIENT, "") == CLIENT + "/x"
     assert translate_location("/api/x", TO_CLIENT, "") == "/api/x"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('</api/x>; rel="next"', f'<{CLIENT}/api/x>; rel="next"'),
+        (f'<{UPSTREAM}/a>; rel="self", </b>; rel="next"', f'<{CLIENT}/a>; rel="self", <{CLIENT}/b>; rel="next"'),
+        ('<page-2>; rel="next"', '<page-2>; rel="next"'),
+        ('<//evil.example/x>; rel="next"', '<//evil.example/x>; rel="next"'),
+        (f'</x>; rel="up"; anchor="{UPSTREAM}/y"', f'<{CLIENT}/x>; rel="up"; anchor="{CLIENT}/y"'),
+    ],
+)
+def test_link_targets_read_against_base(value: str, expected: str) -> None:
+    assert translate_link(value, TO_CLIENT, UPSTREAM) == expected
+
+
+def test_relative_link_kept_without_base() -> None:
+    assert translate_link('</api/x>; rel="next"', TO_CLIENT, "") == '</api/x>; rel="next"'
 
 
 @pytest.mark.parametrize(

@@ -176,10 +176,12 @@ async def _redirect(request: web.Request) -> web.Response:
         "other": "https://objects.example.org/bucket/key?X-Sig=abc",
         "relative": f"{PUBLIC}/",
     }[target]
-    return web.Response(
-        status=302,
-        headers={"Location": location, "Content-Location": f"{state.origin}/doc"},
-    )
+    headers = {
+        "Location": location,
+        "Content-Location": f"{state.origin}/doc",
+        "Link": f'<{location}>; rel="next", <page-2>; rel="prev"',
+    }
+    return web.Response(status=302, headers=headers)
 
 
 async def _gzip(request: web.Request) -> web.Response:
