@@ -38,7 +38,7 @@ READ_ONLY_METHODS = ("GET", "HEAD")
 
 _ENTRY_KEYS = ("key_sha256", "workspaces", "methods")
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}\Z")
-_METHOD = re.compile(r"[A-Z]{1,20}\Z")
+METHOD_NAME = re.compile(r"[A-Z]{1,20}\Z")
 # Compared against when the presented name is unknown, so that case costs the same time.
 _DUMMY_DIGEST = hashlib.sha256(secrets.token_bytes(32)).digest()
 
@@ -190,7 +190,7 @@ def _parse_methods(path: Path, name: str, entry: LinedDict) -> frozenset[str] | 
             f"found {type_name(value)}"
         )
     for method in value:
-        if not isinstance(method, str) or not _METHOD.match(method):
+        if not isinstance(method, str) or not METHOD_NAME.match(method):
             raise ConfigError(
                 f"{where}: invalid method {str(method)!r} in client {name!r} "
                 "(expected an upper-case HTTP method such as GET)"

@@ -250,6 +250,7 @@ class ProxyHandler:
         if client is not None:
             workspaces = [route.workspace] if route.workspace is not None else []
             guards.check_grant(client, request.method, workspaces)
+            guards.check_method_override(client, request.headers)
         credential = self._credential_for(route)
         if client is not None and credential is not None:
             # With default_workspace, the token may be another workspace's.

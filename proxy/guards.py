@@ -298,6 +298,35 @@ def check_grant(client: Client, method: str, workspaces: Iterable[str]) -> None:
         raise ClientForbidden(reason)
 
 
+# Headers that some servers and frameworks read as the request's real method, so a GET
+# carrying one can act as a POST or DELETE upstream.
+METHOD_OVERRIDE_HEADERS = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
+
+
+def check_method_override(client: Client, headers: MultiMapping[str]) -> None:
+    """Raise `ClientForbidden` when a method-override header names a method `client` may not use.
+
+    Each comma-separated value is compared in upper case, because servers that honour
+    these headers often upper-case it. A client without a method limit may send them,
+    because it could use the method itself.
+    """
+    if client.methods is None:
+        return
+    for name in METHOD_OVERRIDE_HEADERS:
+        for value in headers.getall(name, ()):
+            for item in value.split(","):
+                method = item.strip().upper()
+                if client.allows_method(method):
+                    continue
+                described = (
+                    f"method {method}" if clients.METHOD_NAME.match(method) else "an invalid method"
+                )
+                raise ClientForbidden(
+                    f"client {client.name!r} may not use {described}, named in the {name} header "
+                    f"(allowed: {client.describe_methods()})"
+                )
+
+
 class ClientGate:
     """Decide who sends a request on a gateway, with the failed-credential limit.
 

@@ -169,6 +169,67 @@ def test_read_only_client_refused_public_post(gateway: ProxyProcess) -> None:
     assert "may not use method POST" in response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "post"),
+        ("X-Method-Override", "GET, PUT"),
+    ],
+)
+def test_read_only_client_refused_override(
+    gateway: ProxyProcess, upstream: UpstreamServer, header: str, value: str
+) -> None:
+    before = len(upstream.state.received)
+    response = requests.get(
+        f"{gateway.url}{ALPHA}/echo",
+        headers={header: value},
+        auth=("reader", key_of("reader")),
+        timeout=10,
+    )
+    assert response.status_code == 403
+    assert f"named in the {header} header" in response.json()["detail"]
+    assert len(upstream.state.received) == before
+
+
+def test_read_only_client_override_invalid_hidden(gateway: ProxyProcess) -> None:
+    """An override value that is no method is refused without being echoed back."""
+    response = requests.get(
+        f"{gateway.url}{ALPHA}/echo",
+        headers={"X-HTTP-Method-Override": "<script>"},
+        auth=("reader", key_of("reader")),
+        timeout=10,
+    )
+    assert response.status_code == 403
+    assert "<SCRIPT>" not in response.text.upper()
+    assert "may not use an invalid method" in response.json()["detail"]
+
+
+def test_read_only_client_allowed_override(gateway: ProxyProcess, upstream: UpstreamServer) -> None:
+    response = requests.get(
+        f"{gateway.url}{ALPHA}/echo",
+        headers={"X-HTTP-Method-Override": "head"},
+        auth=("reader", key_of("reader")),
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    assert upstream.state.received[-1].headers["X-HTTP-Method-Override"] == ["head"]
+
+
+def test_unlimited_client_override_forwarded(
+    gateway: ProxyProcess, upstream: UpstreamServer
+) -> None:
+    """A client that may use every method may also name one in an override header."""
+    response = requests.get(
+        f"{gateway.url}{ALPHA}/echo",
+        headers={"X-HTTP-Method-Override": "DELETE"},
+        auth=("alice", key_of("alice")),
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    assert upstream.state.received[-1].headers["X-HTTP-Method-Override"] == ["DELETE"]
+
+
 def test_ungranted_workspace_without_token_hidden(gateway: ProxyProcess) -> None:
     """A client learns nothing about the vault of a workspace it was not granted."""
     response = requests.get(
