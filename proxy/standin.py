@@ -5,7 +5,8 @@ a request on a workspace path with no `Authorization` gets 401, one with another
 workspace's token (or an unknown one) gets 403. Its documents carry absolute
 links on its own origin, as the platform's do. It records every request it
 receives, and notes as a violation any request whose token belongs to a
-workspace other than the one the path routes to.
+workspace other than the one the path routes to, read strictly or with ";"
+parameters stripped from each segment.
 
 It serves a small workflow runner (OGC API - Processes: processes, execution,
 paged jobs, results), a STAC catalogue per workspace (`proxy.standin_stac`),
@@ -83,9 +84,23 @@ STANDIN_KEY = web.AppKey("standin", StandIn)
 
 def strict_workspace(raw_path: str) -> str | None:
     """Return the workspace a strict server routes `raw_path` to (decode once, normalise)."""
-    path = unquote(raw_path.partition("?")[0])
+    return _workspace_of(normalised_segments(raw_path))
+
+
+def params_stripped_workspace(raw_path: str) -> str | None:
+    """Return the workspace `raw_path` routes to on a server that strips ";" parameters.
+
+    Tomcat and Jetty cut each segment at its first ";", so they read "..;x" as "..".
+    """
+    return _workspace_of(normalised_segments(raw_path, strip_params=True))
+
+
+def normalised_segments(raw_path: str, *, strip_params: bool = False) -> list[str]:
+    """Split `raw_path` as a server routes it: decode once, merge empty segments, resolve dots."""
     segments: list[str] = []
-    for segment in path.split("/"):
+    for segment in unquote(raw_path.partition("?")[0]).split("/"):
+        if strip_params:
+            segment = segment.partition(";")[0]
         if segment in ("", "."):
             continue
         if segment == "..":
@@ -93,6 +108,10 @@ def strict_workspace(raw_path: str) -> str | None:
                 segments.pop()
             continue
         segments.append(segment)
+    return segments
+
+
+def _workspace_of(segments: list[str]) -> str | None:
     for family in sorted(WORKSPACE_FAMILIES, key=len, reverse=True):
         parts = family.strip("/").split("/")
         if len(segments) > len(parts) and segments[: len(parts)] == parts:
@@ -117,12 +136,15 @@ async def _check_token(request: web.Request, handler: Any) -> web.StreamResponse
             token_workspace=token_workspace,
         )
     )
-    crossed = token_workspace is not None and workspace is not None and token_workspace != workspace
-    if crossed and workspace not in standin.public_workspaces:
-        standin.violations.append(
-            f"{request.method} {request.raw_path}: token of {token_workspace} "
-            f"on a path routed to {workspace}"
-        )
+    # A server that strips ";" parameters may route the path elsewhere: count that reading too.
+    for routed in (workspace, params_stripped_workspace(request.raw_path)):
+        crossed = token_workspace is not None and routed is not None and token_workspace != routed
+        if crossed and routed not in standin.public_workspaces:
+            standin.violations.append(
+                f"{request.method} {request.raw_path}: token of {token_workspace} "
+                f"on a path routed to {routed}"
+            )
+            break
     if len(authorization) > 1:
         standin.violations.append(f"{request.method} {request.raw_path}: two Authorization headers")
 

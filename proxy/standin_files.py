@@ -11,24 +11,17 @@ token reaches another workspace's files. It shares its state with the API stand-
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote
-
 from aiohttp import web
 
-from proxy.standin import STANDIN_KEY, Received, StandIn
+from proxy.standin import STANDIN_KEY, Received, StandIn, normalised_segments
 
 
-def files_workspace(raw_path: str) -> str | None:
-    """Return the workspace a strict server reads from a files path: the first normalised segment."""
-    segments: list[str] = []
-    for segment in unquote(raw_path.partition("?")[0]).split("/"):
-        if segment in ("", "."):
-            continue
-        if segment == "..":
-            if segments:
-                segments.pop()
-            continue
-        segments.append(segment)
+def files_workspace(raw_path: str, *, strip_params: bool = False) -> str | None:
+    """Return the workspace a server reads from a files path: the first normalised segment.
+
+    With `strip_params`, each segment is cut at its first ";" first, as Tomcat and Jetty do.
+    """
+    segments = normalised_segments(raw_path, strip_params=strip_params)
     return segments[0] if segments else None
 
 
@@ -50,11 +43,14 @@ async def _check_files_token(request: web.Request, handler: Any) -> web.StreamRe
             host="files",
         )
     )
-    if token_workspace is not None and token_workspace != workspace:
-        standin.violations.append(
-            f"files {request.method} {request.raw_path}: token of {token_workspace} "
-            f"on the files of {workspace}"
-        )
+    # A server that strips ";" parameters may read another workspace: count that reading too.
+    for routed in (workspace, files_workspace(request.raw_path, strip_params=True)):
+        if token_workspace is not None and token_workspace != routed:
+            standin.violations.append(
+                f"files {request.method} {request.raw_path}: token of {token_workspace} "
+                f"on the files of {routed}"
+            )
+            break
     if not authorization:
         return web.Response(status=401, text="authorization header missing")
     if token_workspace is None or token_workspace != workspace:
