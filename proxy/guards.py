@@ -42,8 +42,9 @@ DEFAULT_ALLOWED_HOSTS = ("localhost", "*.localhost", "127.0.0.1", "[::1]")
 _HOST_HEADER = re.compile(
     r"(?P<name>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::(?P<port>[0-9]{1,5}))?\Z"
 )
-# TRACE would echo the request, Authorization header included, back to the client.
-_REJECTED_METHODS = frozenset({"CONNECT", "TRACE"})
+# TRACE, and TRACK (its IIS counterpart), would echo the request, Authorization header
+# included, back to the client.
+_REJECTED_METHODS = frozenset({"CONNECT", "TRACE", "TRACK"})
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}\Z")
 
 
@@ -125,8 +126,12 @@ def check_host(host: str | None, policy: HostPolicy) -> str:
 
 
 def check_method(method: str, headers: Mapping[str, str]) -> None:
-    """Reject CONNECT, TRACE and protocol upgrades: the proxy only relays plain HTTP requests."""
-    if method in _REJECTED_METHODS:
+    """Reject CONNECT, TRACE, TRACK and protocol upgrades: the proxy only relays plain HTTP requests.
+
+    Methods are compared in upper case, so `trace` is rejected too, in case the upstream
+    reads method names without regard to case.
+    """
+    if method.upper() in _REJECTED_METHODS:
         raise MethodNotAllowed(
             f"{method} is not supported: this is a reverse proxy for the EODH API",
             close_connection=True,

@@ -84,6 +84,31 @@ def pure_parser_proxy(
     stop_proxy(process)
 
 
+@pytest.mark.parametrize("method", ["TRACE", "TRACK", "trace", "track"])
+def test_trace_methods_rejected_by_pure_parser(
+    pure_parser_proxy: ProxyProcess, upstream: UpstreamServer, method: str
+) -> None:
+    """The pure-Python parser accepts any method token, so the proxy's own check returns 405.
+
+    The C parser already rejects TRACK and lower-case methods with 400.
+    """
+    before = len(upstream.state.received)
+    reply = exchange(pure_parser_proxy.port, build(f"{method} {ECHO} HTTP/1.1", "Host: localhost"))
+    assert reply.status == 405, reply.raw[:300]
+    assert reply.closed
+    assert received_since(upstream, before) == []
+
+
+@pytest.mark.parametrize("method", ["TRACK", "trace"])
+def test_trace_variants_rejected(
+    proxy: ProxyProcess, upstream: UpstreamServer, method: str
+) -> None:
+    before = len(upstream.state.received)
+    reply = exchange(proxy.port, build(f"{method} {ECHO} HTTP/1.1", "Host: localhost"))
+    assert reply.status in (400, 405), reply.raw[:300]
+    assert received_since(upstream, before) == []
+
+
 def assert_rejected_untouched(reply_status: int | None, closed: bool, sent: list[str]) -> None:
     assert reply_status in (400, 505)
     assert closed
