@@ -813,16 +813,23 @@ def raise_fd_limit() -> None:
 
 @contextlib.contextmanager
 def stop_on_signals(processes: Processes) -> Iterator[None]:
-    """Turn SIGTERM and SIGHUP into KeyboardInterrupt so the cleanup below always runs."""
+    """Turn SIGINT, SIGTERM and SIGHUP into KeyboardInterrupt so the cleanup below always runs.
+
+    SIGINT is set too, because a shell starts background jobs with it ignored.
+    During the cleanup the signals are ignored, so a second Ctrl-C cannot cut it short.
+    """
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in signals:
         signal.signal(signum, interrupt)
     try:
         yield
     finally:
+        for signum in signals:
+            signal.signal(signum, signal.SIG_IGN)
         processes.stop_all()
 
 
