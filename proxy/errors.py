@@ -154,6 +154,13 @@ class UpstreamTimeout(UpstreamError):
     kind = "upstream-timeout"
 
 
+class UpstreamInvalid(UpstreamError):
+    """The upstream sent a response the proxy cannot relay correctly."""
+
+    title = "Invalid upstream response"
+    kind = "upstream-invalid"
+
+
 class UpstreamBrokeOff(UpstreamError):
     """The upstream closed or failed while a response body was being relayed."""
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiohttp import StreamReader, web
@@ -26,7 +27,7 @@ from proxy.admin import Admin, admin_path
 from proxy.audit import AuditLog
 from proxy.clients import Client
 from proxy.credentials import choose_credential
-from proxy.errors import ProxyError, UpstreamBrokeOff, UpstreamError
+from proxy.errors import ProxyError, UpstreamBrokeOff, UpstreamError, UpstreamInvalid
 from proxy.headers import (
     add_browser_safety_headers,
     client_response_headers,
@@ -44,7 +45,7 @@ from proxy.log import access_line, access_log, log
 from proxy.metrics import NO_WORKSPACE, Metrics, ReloadCounts
 from proxy.problem import problem_response
 from proxy.settings import Settings
-from proxy.upstream import Upstream
+from proxy.upstream import Upstream, UpstreamResponse
 from proxy.vault import Credential, VaultHolder
 
 _CORS_ORIGIN = "cors_origin"
@@ -327,7 +328,8 @@ class ProxyHandler:
         body = await _request_body(request, headers, plan.links)
         url = routes.upstream_url(plan.route, self._upstream_origin, self._settings.files_upstream)
 
-        async with self._upstream.request(request.method, url, headers, body) as upstream:
+        exchange = _exchange_whole(self._upstream, request.method, url, headers, body, plan.links)
+        async with exchange as upstream:
             if plan.credential is not None:
                 self._note_token_answer(request, plan, upstream.status)
             response = _CoalescingResponse(status=upstream.status, reason=upstream.reason)
@@ -394,6 +396,46 @@ class ProxyHandler:
         target = f"{request.method} {_path_of(request)}"
         if self._health.record(plan.credential, plan.route.workspace, status, target):
             self._metrics.token_rejected(plan.credential.workspace, status)
+
+
+@asynccontextmanager
+async def _exchange_whole(
+    upstream: Upstream,
+    method: str,
+    url: str,
+    headers: CIMultiDict[str],
+    body: bytes | AsyncIterable[bytes] | StreamReader | None,
+    links: Exchange,
+) -> AsyncIterator[UpstreamResponse]:
+    """Send the request upstream and yield the response, never a range of a translated document.
+
+    When the upstream responds to `Range` with part of a JSON document that would be
+    translated, the request is sent again without `Range` and `If-Range`, and the
+    whole document is yielded (RFC 9110 lets a server ignore `Range`). Only a GET
+    or HEAD without a body can be sent again; any other request gets 502.
+    """
+    async with upstream.request(method, url, headers, body) as response:
+        if not links.is_translated_part(response.status, response.headers):
+            yield response
+            return
+        if method not in ("GET", "HEAD") or body is not None:
+            raise UpstreamInvalid(
+                f"the upstream sent a partial response ({response.status}) to a {method} with a "
+                "JSON document whose links the proxy translates; send the request without Range",
+                metric_kind="protocol",
+            )
+
+    whole_headers = headers.copy()
+    whole_headers.popall("Range", None)
+    whole_headers.popall("If-Range", None)
+    async with upstream.request(method, url, whole_headers, None) as response:
+        if links.is_translated_part(response.status, response.headers):
+            raise UpstreamInvalid(
+                f"the upstream sent a partial response ({response.status}) to a {method} "
+                "without Range",
+                metric_kind="protocol",
+            )
+        yield response
 
 
 # The maximum number of body bytes held back to be joined into one write (aiohttp's writer

@@ -5,9 +5,11 @@ an `Exchange`, which contains the compiled rules for both directions and adjusts
 headers and bodies:
 
 - Response bodies with a JSON media type are decoded if compressed (gzip or
-  deflate), rewritten, and sent uncompressed and chunked: `Content-Encoding`
-  and `Content-Length` are dropped, a strong `ETag` becomes weak, and digests
-  of the old bytes are dropped. Other bodies pass untouched.
+  deflate), rewritten, and sent uncompressed and chunked: `Content-Encoding`,
+  `Content-Length` and `Accept-Ranges` are dropped, a strong `ETag` becomes
+  weak, and digests of the old bytes are dropped. Other bodies pass untouched.
+  A range of such a body (`is_translated_part`) is never relayed, because its
+  bytes and offsets are the upstream's.
 - `Location` and `Content-Location` are always translated, `Link` only while
   rewriting is on. Under a mount or `/files-of/`, a root-relative URL in any of
   them is read against that route's upstream and translated like an absolute one.
@@ -21,7 +23,7 @@ headers and bodies:
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -186,6 +188,23 @@ class Exchange:
             return None
         return BodyRewrite(coding=coding, rules=self.to_client)
 
+    def is_translated_part(self, status: int, headers: Mapping[str, str]) -> bool:
+        """Tell whether a response is a range of a JSON document this exchange would translate.
+
+        Its bytes are the upstream's, untranslated, and its offsets count the
+        upstream's bytes, so no range of them fits the translated document a client
+        holds. Such a response is a 206, or any response with `Content-Range` (a 416
+        gives the upstream's length). A `multipart/byteranges` 206 is not JSON, so it
+        is not detected. NOTE: its parts reach the client untranslated.
+        """
+        if status != 206 and "Content-Range" not in headers:
+            return False
+        return (
+            self.enabled
+            and is_json_media_type(headers.get("Content-Type"))
+            and content_coding(headers.get("Content-Encoding")) is not None
+        )
+
     def cannot_rewrite(self, content_type: str | None, content_encoding: str | None) -> bool:
         """Tell whether a JSON body must pass untranslated because its coding cannot be decoded."""
         return (
@@ -205,7 +224,7 @@ class Exchange:
             elif lower == "link" and self.enabled:
                 value = translate_link(value, self.to_client, self.relative_base)
             elif body is not None:
-                if lower == "content-length" or lower in _BODY_DIGEST_HEADERS:
+                if lower in ("content-length", "accept-ranges") or lower in _BODY_DIGEST_HEADERS:
                     continue
                 if lower == "content-encoding" and body.coding:
                     continue

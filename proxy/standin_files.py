@@ -11,6 +11,7 @@ token reaches another workspace's files. It shares its state with the API stand-
 from __future__ import annotations
 
 from typing import Any
+
 from aiohttp import web
 
 from proxy.standin import STANDIN_KEY, Received, StandIn, normalised_segments

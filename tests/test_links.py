@@ -144,6 +144,98 @@ def test_head_headers_match_get(proxy: ProxyProcess) -> None:
     assert "Content-Encoding" not in head.headers
 
 
+def test_translated_json_drops_accept_ranges(proxy: ProxyProcess) -> None:
+    """A translated body has other bytes than the upstream's, so no range of it can be served."""
+    response = requests.get(f"{proxy.url}{PUBLIC}/links", timeout=10)
+    assert "Accept-Ranges" not in response.headers
+
+
+def test_untranslated_body_keeps_accept_ranges(proxy: ProxyProcess) -> None:
+    response = requests.get(f"{proxy.url}{PUBLIC}/links?type=text/plain", timeout=10)
+    assert response.headers["Accept-Ranges"] == "bytes"
+
+
+@pytest.mark.parametrize(
+    "query", ["", "?encoding=gzip", "?type=application/geo%2Bjson"]
+)
+def test_range_of_json_answered_whole(
+    proxy: ProxyProcess, upstream: UpstreamServer, query: str
+) -> None:
+    """A partial JSON response would be untranslated bytes: the whole document comes instead."""
+    response = requests.get(
+        f"{proxy.url}{PUBLIC}/links{query}", headers={"Range": "bytes=10-"}, timeout=10
+    )
+    assert response.status_code == 200
+    assert "Content-Range" not in response.headers
+    assert response.json() == expected_links(proxy.url, upstream)
+    assert "Range" not in upstream.state.received[-1].headers
+
+
+def test_range_with_if_range_answered_whole(
+    proxy: ProxyProcess, upstream: UpstreamServer
+) -> None:
+    response = requests.get(
+        f"{proxy.url}{PUBLIC}/links",
+        headers={"Range": "bytes=10-20", "If-Range": '"v1"'},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    assert response.json() == expected_links(proxy.url, upstream)
+    assert "If-Range" not in upstream.state.received[-1].headers
+
+
+def test_unsatisfiable_range_of_json_answered_whole(
+    proxy: ProxyProcess, upstream: UpstreamServer
+) -> None:
+    """A 416 gives the upstream's length, which is not the translated document's."""
+    response = requests.get(
+        f"{proxy.url}{PUBLIC}/links", headers={"Range": "bytes=100000-"}, timeout=10
+    )
+    assert response.status_code == 200
+    assert response.json() == expected_links(proxy.url, upstream)
+
+
+def test_range_of_head_answered_whole(proxy: ProxyProcess) -> None:
+    response = requests.head(
+        f"{proxy.url}{PUBLIC}/links", headers={"Range": "bytes=10-"}, timeout=10
+    )
+    assert response.status_code == 200
+    assert "Content-Range" not in response.headers
+
+
+def test_range_of_untranslated_body_relayed(
+    proxy: ProxyProcess, upstream: UpstreamServer
+) -> None:
+    response = requests.get(
+        f"{proxy.url}{PUBLIC}/links?type=text/plain", headers={"Range": "bytes=10-"}, timeout=10
+    )
+    assert response.status_code == 206
+    assert response.content == links_document(upstream.origin)[10:]
+
+
+def test_partial_json_to_post_rejected(proxy: ProxyProcess) -> None:
+    """A POST cannot be sent again without its body, so a partial JSON response to one is a 502."""
+    response = requests.post(
+        f"{proxy.url}{PUBLIC}/links", headers={"Range": "bytes=10-"}, data=b"x", timeout=10
+    )
+    assert response.status_code == 502
+    assert "partial response" in response.json()["detail"]
+
+
+def test_curl_resume_never_mixes_bytes(proxy: ProxyProcess, tmp_path: Path) -> None:
+    """curl -C - on a translated document stops with an error rather than append upstream bytes."""
+    url = f"{proxy.url}{PUBLIC}/links"
+    whole = requests.get(url, timeout=10).content
+    partial = tmp_path / "links.json"
+    partial.write_bytes(whole[:40])
+    result = subprocess.run(
+        ["curl", "-sS", "-C", "-", "-o", str(partial), url],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert result.returncode == 33, result.stderr
+    assert partial.read_bytes() == whole[:40]
+
+
 def test_link_header_translated(proxy: ProxyProcess) -> None:
     response = requests.get(f"{proxy.url}{PUBLIC}/links", timeout=10)
     assert response.headers["Link"] == f'<{proxy.url}{PUBLIC}/links?page=2>; rel="next"'
@@ -199,7 +291,7 @@ def test_curl_json_upload_keeps_length(
     result = subprocess.run(
         ["curl", "-sS", "-f", "-T", str(upload), "-H", "Content-Type: application/geo+json",
          f"{proxy.url}/files-of/alpha-ws/files/big.geojson"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True, text=True, timeout=30, check=False,
     )
     assert result.returncode == 0, result.stderr
     received = upstream.state.received[-1]

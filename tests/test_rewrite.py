@@ -185,8 +185,10 @@ def test_workspace_host_label_lower_cased() -> None:
 
 
 def test_workspace_path_label_case_kept() -> None:
-    rules = compile_rules((Translation("http://127.0.0.1:9000/{workspace}", CLIENT + "/files-of/{workspace}"),))
-    assert rewrite_text("http://127.0.0.1:9000/B-ws/files/K", rules) == CLIENT + "/files-of/B-ws/files/K"
+    files = Translation("http://127.0.0.1:9000/{workspace}", CLIENT + "/files-of/{workspace}")
+    rules = compile_rules((files,))
+    translated = rewrite_text("http://127.0.0.1:9000/B-ws/files/K", rules)
+    assert translated == CLIENT + "/files-of/B-ws/files/K"
 
 
 def test_non_matching_body_unchanged_and_streamed() -> None:
@@ -231,7 +233,10 @@ def test_relative_location_read_against_base() -> None:
     ("value", "expected"),
     [
         ('</api/x>; rel="next"', f'<{CLIENT}/api/x>; rel="next"'),
-        (f'<{UPSTREAM}/a>; rel="self", </b>; rel="next"', f'<{CLIENT}/a>; rel="self", <{CLIENT}/b>; rel="next"'),
+        (
+            f'<{UPSTREAM}/a>; rel="self", </b>; rel="next"',
+            f'<{CLIENT}/a>; rel="self", <{CLIENT}/b>; rel="next"',
+        ),
         ('<page-2>; rel="next"', '<page-2>; rel="next"'),
         ('<//evil.example/x>; rel="next"', '<//evil.example/x>; rel="next"'),
         (f'</x>; rel="up"; anchor="{UPSTREAM}/y"', f'<{CLIENT}/x>; rel="up"; anchor="{CLIENT}/y"'),

@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import hashlib
 import json
+import re
 import ssl
 import threading
 import zlib
@@ -208,8 +209,37 @@ def links_document(origin: str) -> bytes:
     ).encode()
 
 
+_BYTE_RANGE = re.compile(r"bytes=([0-9]+)-([0-9]*)\Z")
+
+
+def _range_response(request: web.Request, body: bytes, headers: dict[str, str]) -> web.Response:
+    """Respond to a single `Range: bytes=A-B` as a server does: 206, or 416 past the end.
+
+    A range is ignored (200, whole body) when `If-Range` does not match the strong `ETag`.
+    """
+    found = _BYTE_RANGE.match(request.headers.get("Range", ""))
+    if_range = request.headers.get("If-Range")
+    if found is None or (if_range is not None and if_range != headers.get("ETag")):
+        return web.Response(body=body, headers=headers)
+    first = int(found.group(1))
+    last = min(int(found.group(2) or len(body) - 1), len(body) - 1)
+    if first >= len(body):
+        problem = json.dumps({"title": "Range not satisfiable", "status": 416}).encode()
+        return web.Response(
+            status=416,
+            body=problem,
+            headers={"Content-Type": "application/problem+json",
+                     "Content-Range": f"bytes */{len(body)}"},
+        )
+    headers["Content-Range"] = f"bytes {first}-{last}/{len(body)}"
+    return web.Response(status=206, body=body[first : last + 1], headers=headers)
+
+
 async def _links(request: web.Request) -> web.StreamResponse:
-    """Serve `links_document` with `?type=`, `?encoding=` (gzip, deflate) and `?escaped=1`."""
+    """Serve `links_document` with `?type=`, `?encoding=` (gzip, deflate) and `?escaped=1`.
+
+    A `Range` request gets part of the (encoded) body, whatever the method.
+    """
     state = request.app[STANDIN_KEY]
     body = links_document(state.origin)
     if request.query.get("escaped") == "1":
@@ -226,10 +256,11 @@ async def _links(request: web.Request) -> web.StreamResponse:
         "Link": f'<{state.origin}{PUBLIC}/links?page=2>; rel="next"',
         "ETag": '"v1"',
         "Content-MD5": "bm90LWNoZWNrZWQ=",
+        "Accept-Ranges": "bytes",
     }
     if encoding != "identity":
         headers["Content-Encoding"] = encoding
-    return web.Response(body=body, headers=headers)
+    return _range_response(request, body, headers)
 
 
 async def _mirror(request: web.Request) -> web.Response:
