@@ -59,7 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "url",
         metavar="URL",
-        help="a proxy URL such as http://localhost:8080/api/..., or just its path and query",
+        help="a proxy URL such as http://localhost:8080/api/..., or just its path and query; "
+        "on a team gateway, http://NAME:KEY@HOST:PORT/... checks that client's key and grants",
+    )
+    explain.add_argument(
+        "-X",
+        "--method",
+        default="GET",
+        metavar="METHOD",
+        help="HTTP method of the request, for clients limited to some methods "
+        "(default: %(default)s)",
     )
     add_settings_flags(explain)
 
@@ -238,7 +247,7 @@ def _explain(args: argparse.Namespace) -> int:
     settings = load_settings(_settings_flags(args))
     vault = load_vault(settings.vault_path)
     try:
-        explanation = explain(args.url, settings, vault)
+        explanation = explain(args.url, settings, vault, args.method)
     except ProxyError as error:
         print(
             f"eodh-proxy: the proxy would reject this request with HTTP {error.status}: "

@@ -26,7 +26,7 @@ from proxy import cors, guards, routes
 from proxy.admin import Admin, admin_path
 from proxy.audit import AuditLog
 from proxy.clients import Client
-from proxy.credentials import choose_credential
+from proxy.credentials import choose_granted_credential
 from proxy.errors import ProxyError, UpstreamBrokeOff, UpstreamError, UpstreamInvalid
 from proxy.headers import (
     add_browser_safety_headers,
@@ -249,13 +249,8 @@ class ProxyHandler:
         route = routes.resolve(request.raw_path, self._families)
         request["workspace"] = route.workspace
         if client is not None:
-            workspaces = [route.workspace] if route.workspace is not None else []
-            guards.check_grant(client, request.method, workspaces)
             guards.check_method_override(client, request.headers)
-        credential = self._credential_for(route)
-        if client is not None and credential is not None:
-            # With default_workspace, the token may be another workspace's.
-            guards.check_grant(client, request.method, [credential.workspace])
+        credential = self._credential_for(route, client, request.method)
         client_origin = f"http://{host}"
         return Plan(
             route=route,
@@ -306,9 +301,11 @@ class ProxyHandler:
             request["client"] = client.name
         return client
 
-    def _credential_for(self, route: routes.Route) -> Credential | None:
-        credential = choose_credential(
-            route, self._vaults.vault, self._settings.default_workspace
+    def _credential_for(
+        self, route: routes.Route, client: Client | None, method: str
+    ) -> Credential | None:
+        credential = choose_granted_credential(
+            route, self._vaults.vault, self._settings.default_workspace, client, method
         )
         if credential is not None:
             self._health.warn_if_expired(credential, dt.datetime.now(dt.UTC))
