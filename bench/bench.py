@@ -709,7 +709,7 @@ def chart(results: list[Result], path: Path) -> None:
         ("small JSON, requests/s", "requests_per_s"),
         ("small JSON, p99 latency (ms)", "p99_ms"),
         ("download (MiB/s)", "download_mib_s"),
-        ("peak RSS of one process while downloading (MiB)", "download_rss_mib"),
+        ("download, peak RSS of one process (MiB)", "download_rss_mib"),
     ]
     names = [r.name for r in results]
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.2))
