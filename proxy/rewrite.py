@@ -13,6 +13,8 @@ Rules this module keeps:
 2. The rest of a URL is kept byte for byte; only its prefix is replaced.
 3. JSON may escape `/` as `\\/`. Each source matches in its plain form and its
    escaped form, and the replacement is written in the form that matched.
+   NOTE: a `://` written as `:\\u002f\\u002f`, and scheme-relative `//host` links,
+   are not matched, so such links keep pointing at the upstream.
 4. Memory is bounded: `LinkRewriter` holds back at most `Rules.hold` bytes
    between chunks, which is the longest possible match plus its lookahead, so a
    match that straddles two chunks is still found.

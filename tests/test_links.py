@@ -105,6 +105,20 @@ def test_undecodable_json_passed_and_logged(proxy: ProxyProcess, upstream: Upstr
     assert "coding 'x-unknown' passed untranslated" in proxy.wait_for_line("passed untranslated")
 
 
+def test_invalid_gzip_json_aborts_connection(proxy: ProxyProcess) -> None:
+    """The body turns out invalid after the response began, so the connection is aborted.
+
+    The client never gets a response that looks complete.
+    """
+    reply = raw_request(
+        proxy.port,
+        f"GET {PUBLIC}/gzip?corrupt=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        .encode(),
+    )
+    assert not reply.endswith(b"0\r\n\r\n"), reply[:200]
+    assert "JSON body that cannot be decoded" in proxy.wait_for_line("cannot be decoded")
+
+
 def test_request_body_of_buffer_limit_rewritten(
     proxy: ProxyProcess, upstream: UpstreamServer
 ) -> None:

@@ -186,8 +186,14 @@ async def _redirect(request: web.Request) -> web.Response:
 
 
 async def _gzip(request: web.Request) -> web.Response:
-    """A gzip-encoded body of the media type in `?type=` (JSON by default)."""
+    """A gzip-encoded body of the media type in `?type=` (JSON by default).
+
+    With `?corrupt=1` the compressed data of a longer document is cut short halfway.
+    """
     body = gzip.compress(b'{"hello": "world"}')
+    if request.query.get("corrupt") == "1":
+        longer = gzip.compress(b'{"hello": "world"}' * 1000)
+        body = longer[: len(longer) // 2]
     content_type = request.query.get("type", "application/json")
     return web.Response(
         body=body, headers={"Content-Encoding": "gzip", "Content-Type": content_type}
