@@ -9,8 +9,9 @@ first line of a file (`token_file`, relative to the vault's folder) or as an
 environment variable (`token_env`). Loading happens in two steps, `parse_entries`
 (the vault file alone) and `read_token` (the file or variable it names), so that
 `vault list` can show an entry whose source is missing. A vault file, or a token
-file, that users other than its owner can write is rejected; one they can read
-loads with a warning.
+file, is rejected when another user owns it, can write it, or can write its
+folder (unless the folder has the sticky bit); one that others can read loads
+with a warning.
 """
 
 from __future__ import annotations
@@ -341,26 +342,66 @@ def check_token_text(value: str, where: str, what: str) -> str:
 
 
 def check_file_mode(path: Path, what: str) -> str | None:
-    """Reject a file users other than its owner can write; return a warning if they can read it.
+    """Reject a file that a user other than the proxy's could change or replace.
 
-    The mode is that of the file a symbolic link points to, as for a mounted
-    Kubernetes secret, whose files are links into a hidden folder.
+    Rejected: a file owned by a user other than the effective user or root, a
+    file that group or others can write, and a file in a folder they could
+    rename another file into. Returns a warning when group or others can read it.
+    The file's owner and mode are those of the file a symbolic link points to,
+    as for a mounted Kubernetes secret, whose files are links into a hidden folder.
     """
     try:
-        mode = path.stat().st_mode
+        info = path.stat()
     except OSError:
         return None  # Reading the file reports a missing or unreadable file.
+    mode = info.st_mode
+    _check_owner(path, what, info.st_uid)
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise ConfigError(
             f"{path}: {what} can be written by other users (mode {stat.S_IMODE(mode):04o}); "
             f"anyone who can change it controls which token is sent; run: chmod 600 {path}"
         )
+    for folder in _folders_of(path):
+        _check_folder(folder, path, what)
     if mode & (stat.S_IRGRP | stat.S_IROTH):
         return (
             f"{path}: {what} can be read by other users (mode {stat.S_IMODE(mode):04o}); "
             f"run: chmod 600 {path}"
         )
     return None
+
+
+def _folders_of(path: Path) -> list[Path]:
+    """Return the folder of `path` and, when links lead elsewhere, that of the file reached."""
+    given = Path(os.path.abspath(path)).parent
+    resolved = Path(os.path.realpath(path)).parent
+    return [given] if given == resolved else [given, resolved]
+
+
+def _check_folder(folder: Path, path: Path, what: str) -> None:
+    # Whoever can write a folder can rename their own file over one in it,
+    # unless the sticky bit limits renames to the owner of the replaced file.
+    try:
+        info = folder.stat()
+    except OSError:
+        return  # The file itself was found, so this is a race with its removal.
+    _check_owner(folder, f"folder of {what} {path}", info.st_uid)
+    mode = info.st_mode
+    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+        raise ConfigError(
+            f"{folder}: folder of {what} {path} can be written by other users "
+            f"(mode {stat.S_IMODE(mode):04o}, no sticky bit), so they could replace the file; "
+            f"run: chmod go-w {folder}"
+        )
+
+
+def _check_owner(path: Path, what: str, owner: int) -> None:
+    user = os.geteuid()
+    if owner not in (user, 0):
+        raise ConfigError(
+            f"{path}: {what} is owned by user {owner}, not by the proxy's user ({user}) "
+            f"or root; whoever owns it controls which token is sent; run: chown {user} {path}"
+        )
 
 
 def parse_expiry(value: object, where: str) -> dt.datetime | None:
