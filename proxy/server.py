@@ -261,6 +261,8 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
 
 # Signals a worker handles: stop (SIGINT, SIGTERM) and reload (SIGHUP).
 WORKER_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+# Seconds between a worker's checks that its parent is still running.
+ORPHAN_CHECK_INTERVAL = 1.0
 
 
 def log_startup(proxy: Proxy) -> None:
@@ -301,6 +303,18 @@ async def warn_expiry_daily(vaults: VaultHolder) -> None:
         await asyncio.sleep(EXPIRY_CHECK_INTERVAL)
         for warning in expiry_warnings(vaults.vault, dt.datetime.now(dt.UTC)):
             log.warning("%s", warning)
+
+
+async def stop_when_orphaned(parent: int, stop: Callable[[], None]) -> None:
+    """Call `stop` once this process's parent is no longer `parent`, checking every second.
+
+    A worker whose parent was killed is adopted by another process and would
+    otherwise serve, and hold the port, forever.
+    """
+    while os.getppid() == parent:
+        await asyncio.sleep(ORPHAN_CHECK_INTERVAL)
+    log.warning("parent process %d exited; stopping worker (pid %d)", parent, os.getpid())
+    stop()
 
 
 def event_loop_name() -> str:
@@ -387,6 +401,7 @@ async def _serve(
         loop.add_signal_handler(signum, stop_requested)
     loop.add_signal_handler(signal.SIGHUP, _on_sighup, proxy, reloader)
     if worker is not None:
+        tasks.append(asyncio.create_task(stop_when_orphaned(os.getppid(), stop_requested)))
         # A worker starts with these signals blocked (see `proxy.workers`), so that
         # none arrives before the handlers above; any that came are delivered now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)

@@ -16,6 +16,9 @@ How it works:
 4. A worker that exits on its own stops the whole set: the parent stops the
    other workers and exits with status 1, so a supervisor (systemd, Kubernetes)
    restarts them together.
+5. A worker stops when its parent dies, even by SIGKILL, so no orphan keeps
+   the port: on Linux the kernel sends it SIGTERM (PR_SET_PDEATHSIG), and
+   everywhere the worker checks once a second whether its parent has changed.
 
 TODO: with several workers, each process keeps its own metrics, labelled with
 its worker number, and a scrape of /_proxy/metrics is served by whichever worker
@@ -26,6 +29,7 @@ workers' samples collected in one place, or a store they share.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -50,6 +54,8 @@ from proxy.vault import Vault, load_vault
 # SO_REUSEPORT spreads connections across sockets on Linux (3.9 and later); on
 # macOS and the BSDs the option exists but does not balance new connections.
 REUSE_PORT = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+# The prctl option, from <linux/prctl.h>, that sets the signal a process gets when its parent exits.
+PR_SET_PDEATHSIG = 1
 
 
 def serve_workers(settings: Settings, vault: Vault, flags: Mapping[str, Any] | None) -> int:
@@ -72,6 +78,7 @@ def serve_workers(settings: Settings, vault: Vault, flags: Mapping[str, Any] | N
 
     supervisor = Supervisor()
     supervisor.install()
+    parent = os.getpid()
     for index in range(settings.workers):
         if supervisor.stopping:
             break
@@ -82,7 +89,7 @@ def serve_workers(settings: Settings, vault: Vault, flags: Mapping[str, Any] | N
         try:
             pid = os.fork()
             if pid == 0:
-                _run_worker(index, sock, sockets, settings, flags)
+                _run_worker(index, parent, sock, sockets, settings, flags)
             supervisor.workers[pid] = index
         except OSError as error:
             log.error("cannot start worker %d: %s; stopping the other workers", index, error)
@@ -175,6 +182,7 @@ class Supervisor:
 
 def _run_worker(
     index: int,
+    parent: int,
     sock: socket.socket,
     sockets: list[socket.socket],
     settings: Settings,
@@ -183,6 +191,7 @@ def _run_worker(
     """Serve as worker `index` in the forked child, then end the child without returning."""
     code = 1
     try:
+        _exit_with_parent(parent)
         # The parent's handlers belong to the supervisor. The signals stay blocked
         # until `_serve` has set the worker's own handlers.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -209,3 +218,21 @@ def _run_worker(
             sys.stdout.flush()
         # Never return into the parent's code: the child ends here.
         os._exit(code)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM when `parent` exits (Linux only).
+
+    The parent may have died before the request was made, so check that too.
+    `proxy.server` also polls the parent's pid, for other platforms and in case
+    the request fails.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            reason = os.strerror(ctypes.get_errno())
+            log.warning("worker cannot ask to be stopped when its parent exits: %s", reason)
+    if os.getppid() != parent:
+        log.warning("parent process %d exited before worker (pid %d) started; exiting",
+                    parent, os.getpid())
+        os._exit(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import os
@@ -25,9 +26,18 @@ class ProxyProcess:
     """`python -m proxy ARGS` as a child process, with its standard error collected."""
 
     def __init__(
-        self, args: list[str], env: dict[str, str] | None = None, *, prefix: tuple[str, ...] = ()
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        prefix: tuple[str, ...] = (),
+        new_session: bool = False,
     ) -> None:
-        """`prefix` goes before the Python command, such as `ip netns exec NAME`."""
+        """`prefix` goes before the Python command, such as `ip netns exec NAME`.
+
+        With `new_session`, the process leads a new process group, which `kill_group`
+        ends together with every child (such as worker processes).
+        """
         self.args = args
         self.lines: list[str] = []
         self._line_added = threading.Condition()
@@ -41,6 +51,7 @@ class ProxyProcess:
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, **(env or {})},
+            start_new_session=new_session,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -100,6 +111,13 @@ class ProxyProcess:
         code = self.process.wait(timeout)
         self._done.wait(timeout)
         return code
+
+    def kill_group(self) -> None:
+        """Send SIGKILL to every process left in this process's group (see `new_session`)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(15)
+        self._done.wait(15)
 
     def rss_peak_kib(self) -> int:
         """Peak resident memory of the process so far (VmHWM), in KiB."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,11 +48,12 @@ def workers(
         ["serve", "--listen", "127.0.0.1:0", "--upstream", upstream.origin,
          "--vault", str(vault_file), "--workers", "2"],
         env=isolated_env,
+        new_session=True,
     ).wait_ready()
     process.wait_for_line("worker 0 (pid")
     process.wait_for_line("worker 1 (pid")
     yield process
-    process.stop(signal.SIGKILL)
+    process.kill_group()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -102,6 +105,34 @@ def test_worker_exit_stops_the_rest(workers: ProxyProcess) -> None:
     assert workers.process.wait(15) == 1
     assert "exited with status -9; stopping the other workers" in workers.output
     assert not Path(f"/proc/{second}").exists()
+
+
+def wait_for_exit(pids: list[int], timeout: float) -> list[int]:
+    """Wait up to `timeout` seconds for every process in `pids` to exit; return those still running.
+
+    A process that has exited counts even before it is reaped, since its adoptive
+    parent (often pid 1 in a container) may never reap it.
+    """
+    descriptors = {os.pidfd_open(pid): pid for pid in pids}
+    deadline = time.monotonic() + timeout
+    try:
+        waiting = set(descriptors)
+        while waiting and time.monotonic() < deadline:
+            ready, _, _ = select.select(list(waiting), [], [], deadline - time.monotonic())
+            waiting -= set(ready)
+        return sorted(descriptors[descriptor] for descriptor in waiting)
+    finally:
+        for descriptor in descriptors:
+            os.close(descriptor)
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfd_open (Linux 5.3)")
+def test_workers_exit_when_parent_killed(workers: ProxyProcess) -> None:
+    pids = children_of(workers.process.pid)
+    assert len(pids) == 2, workers.output
+    workers.process.kill()
+    assert workers.process.wait(15) == -signal.SIGKILL
+    assert wait_for_exit(pids, timeout=15) == []
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1", "257"])
