@@ -29,6 +29,7 @@ from proxy.errors import (
     FramingRejected,
     UpstreamBrokeOff,
     UpstreamError,
+    UpstreamInvalid,
     UpstreamTimeout,
 )
 
@@ -157,6 +158,18 @@ class Upstream:
             raise UpstreamError(
                 f"request to upstream host {host} failed: {_reason(exc)}", metric_kind="protocol"
             ) from exc
+
+        if 100 <= response.status < 200:
+            # aiohttp skips interim responses except 101, and the proxy never asks for an
+            # upgrade: relaying a 101 would leave the client connection in a state that
+            # the proxy goes on reading as HTTP. The upstream connection cannot be reused.
+            status = response.status
+            response.close()
+            raise UpstreamInvalid(
+                f"upstream host {host} sent status {status} to a request that asked for "
+                "no protocol switch",
+                metric_kind="protocol",
+            )
 
         completed = False
         try:

@@ -7,8 +7,10 @@ parser (the default) or the pure-Python one (AIOHTTP_NO_EXTENSIONS=1).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import aiohttp
 import pytest
 
 from proxy.standin import USER_CATALOGS
-from tests.conftest import ProxyProcess, serve_proxy, stop_proxy
+from tests.conftest import ProxyProcess, raw_request, serve_proxy, stop_proxy
 from tests.rawhttp import Reply, build, exchange, read_reply, received_since
 from tests.upstream import UPLOAD_STARTED, UPLOADS, UpstreamServer
 
@@ -327,3 +329,89 @@ def test_aiohttp_client_expect_continue(proxy: ProxyProcess, upstream: UpstreamS
     assert status == 403
     assert chunks_sent == 0
     assert received_since(upstream, before) == []
+
+
+class SwitchingUpstream:
+    """A raw upstream that answers every request with `101 Switching Protocols`.
+
+    It records each request head, and whatever arrives on that connection after
+    the 101 until the proxy closes it; `closed` is released once per connection
+    the proxy closes.
+    """
+
+    RESPONSE = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.origin = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.heads: list[bytes] = []
+        self.after_switch: list[bytes] = []
+        self.closed = threading.Semaphore(0)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self._listener.accept()
+                with connection:
+                    self._switch(connection)
+
+    def _switch(self, connection: socket.socket) -> None:
+        connection.settimeout(10)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        self.heads.append(head)
+        connection.sendall(self.RESPONSE)
+        received = rest
+        try:
+            while chunk := connection.recv(65536):
+                received += chunk
+        except OSError:
+            return  # Timed out: the proxy left the connection open.
+        self.after_switch.append(received)
+        self.closed.release()
+
+    def stop(self) -> None:
+        self._listener.close()
+
+
+@pytest.fixture
+def switching_upstream() -> Iterator[SwitchingUpstream]:
+    server = SwitchingUpstream()
+    yield server
+    server.stop()
+
+
+def test_upstream_101_becomes_502(
+    switching_upstream: SwitchingUpstream, vault_file: Path, isolated_env: dict[str, str]
+) -> None:
+    """Two requests on one connection: each gets 502, and neither turns into a tunnel."""
+    proxy = ProxyProcess(
+        ["serve", "--listen", "127.0.0.1:0", "--upstream", switching_upstream.origin,
+         "--vault", str(vault_file)],
+        env=isolated_env,
+    ).wait_ready()
+    try:
+        replies = raw_request(
+            proxy.port,
+            build(f"GET {ECHO} HTTP/1.1", "Host: localhost")
+            + build(f"GET {ECHO}?second HTTP/1.1", "Host: localhost", "Connection: close"),
+        )
+        upstream_closed = [switching_upstream.closed.acquire(timeout=10) for _ in range(2)]
+    finally:
+        stop_proxy(proxy)
+
+    assert replies.count(b"HTTP/1.1 502 Bad Gateway\r\n") == 2
+    assert b"HTTP/1.1 101" not in replies
+    assert b"sent status 101 to a request that asked for no protocol switch" in replies
+    assert upstream_closed == [True, True]
+    assert switching_upstream.after_switch == [b"", b""]
+    assert len(switching_upstream.heads) == 2
