@@ -208,8 +208,9 @@ class Proxy:
         if self._site is not None:
             await self._site.stop()
         if self._runner is not None and self._runner.server is not None:
-            # Keep-alive connections close now if idle, else after their current response.
-            self._runner.server.pre_shutdown()
+            # Idle keep-alive connections close now. A busy one closes after its current
+            # response, which the handler sends with `Connection: close` while draining.
+            close_idle_connections(self._runner.server)
             grace = self.settings.shutdown_grace_period
             if self.handler.in_flight:
                 log.info(
@@ -224,6 +225,22 @@ class Proxy:
         await self.upstream.close()
         if self.audit is not None:
             self.audit.close()
+
+
+def close_idle_connections(server: web.Server) -> None:
+    """Close every connection that is waiting for its next request.
+
+    aiohttp's own `pre_shutdown` would only mark them to close, and then ignore any
+    request that arrived on them, which the client saw as no reply and a reset.
+    """
+    for connection in server.connections:
+        # NOTE: reads private attributes of aiohttp's connection handler (checked with
+        # 3.14.5). Without them a connection counts as busy and stays open, so a request
+        # on it is still answered, until the grace period ends.
+        busy = getattr(connection, "_request_in_progress", True)
+        queued = getattr(connection, "_messages", None)
+        if not busy and not queued:
+            connection.force_close()
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
