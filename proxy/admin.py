@@ -4,8 +4,10 @@
 - `readyz`: 200 while a vault with at least one workspace is loaded and the
   proxy is not shutting down, else 503 with the reason.
 - `status`: JSON describing workspaces, vault and upstream. It shows token
-  fingerprints only, never a token.
-- `metrics`: the Prometheus text format (see `proxy.metrics`).
+  fingerprints only, never a token, and to a gateway client only the
+  workspaces it was granted.
+- `metrics`: the Prometheus text format (see `proxy.metrics`). Its samples
+  cover every workspace, so a gateway client needs a grant of "*" to read it.
 
 Every path whose first segment is `_proxy` (percent-encoded or not) is taken
 here, so no such request reaches the upstream. Admin requests pass the same
@@ -21,7 +23,8 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from proxy import __version__
-from proxy.errors import ClientRequestError, MethodNotAllowed
+from proxy.clients import Client
+from proxy.errors import ClientForbidden, ClientRequestError, MethodNotAllowed
 from proxy.health import TokenHealth
 from proxy.metrics import CONTENT_TYPE, Metrics, ReloadCounts
 from proxy.problem import problem_response
@@ -82,8 +85,13 @@ class Admin:
         self.draining = False
         """True once shutdown has begun; readiness then fails so load balancers move on."""
 
-    async def handle(self, request: web.BaseRequest, rest: str) -> web.Response:
-        """Build the response to the admin request whose path after `/_proxy` is `rest`."""
+    async def handle(
+        self, request: web.BaseRequest, rest: str, client: Client | None = None
+    ) -> web.Response:
+        """Build the response to the admin request whose path after `/_proxy` is `rest`.
+
+        `client` is the gateway client that sent it, or None when none is required.
+        """
         endpoint = endpoint_of(rest)
         if endpoint is None:
             listed = ", ".join(f"/{ADMIN_SEGMENT}/{name}" for name in ENDPOINTS)
@@ -103,8 +111,15 @@ class Admin:
             response = self.readiness()
         elif endpoint == "status":
             response = web.Response(
-                body=json.dumps(self.status(), indent=2).encode() + b"\n",
+                body=json.dumps(self.status(client), indent=2).encode() + b"\n",
                 content_type="application/json",
+            )
+        elif client is not None and client.workspaces is not None:
+            return problem_response(
+                ClientForbidden(
+                    f"client {client.name!r} may not read /{ADMIN_SEGMENT}/metrics: its "
+                    "samples cover every workspace, so only a client granted '*' may read it"
+                )
             )
         else:
             text = self._metrics.render(
@@ -128,8 +143,11 @@ class Admin:
             return web.Response(text=f"ready: {count} workspace{'s' if count != 1 else ''}\n")
         return web.Response(status=503, text=f"not ready: {reason}\n")
 
-    def status(self) -> dict[str, object]:
-        """Return the status document; it contains fingerprints, never tokens."""
+    def status(self, client: Client | None = None) -> dict[str, object]:
+        """Return the status document; it contains fingerprints, never tokens.
+
+        For a gateway `client`, it lists only the workspaces the client was granted.
+        """
         vault = self._vaults.vault
         workspaces = [
             {
@@ -140,6 +158,7 @@ class Admin:
                 "last_rejected_at": timestamp(self._health.last_rejected_at.get(name)),
             }
             for name in vault.workspaces
+            if client is None or client.grants_workspace(name)
         ]
         return {
             "workspaces": workspaces,

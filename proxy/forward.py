@@ -134,7 +134,7 @@ class ProxyHandler:
             rest = admin_path(request.raw_path)
             if rest is not None:
                 is_admin = True
-                response = await self._admin.handle(request, rest)
+                response = await self._admin.handle(request, rest, client)
                 add_browser_safety_headers(response.headers)
                 relayed.sent = _sent_body_size(request, response)
                 return response

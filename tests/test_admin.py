@@ -301,7 +301,7 @@ def test_gateway_admin_needs_client(
     proxy = ProxyProcess(serve_args(upstream, vault, "127.0.0.1:0"), env=isolated_env).wait_ready()
     try:
         anonymous = {endpoint: admin(proxy, endpoint) for endpoint in ENDPOINTS}
-        signed_in = admin(proxy, "status", headers={"Authorization": basic("alice")})
+        signed_in = admin(proxy, "status", headers={"Authorization": basic("ops")})
     finally:
         proxy.stop()
     assert anonymous["healthz"].status_code == 200

@@ -354,13 +354,32 @@ def test_missing_credentials_not_counted(gateway: ProxyProcess) -> None:
 
 
 def test_admin_endpoints_need_client(gateway: ProxyProcess) -> None:
-    for endpoint in ("readyz", "status", "metrics"):
+    for endpoint, client in (("readyz", "reader"), ("status", "reader"), ("metrics", "ops")):
         url = f"{gateway.url}/_proxy/{endpoint}"
         anonymous = requests.get(url, timeout=10)
         assert anonymous.status_code == 401, endpoint
         assert anonymous.headers["WWW-Authenticate"] == 'Basic realm="eodh-proxy"'
-        signed_in = requests.get(url, auth=("reader", key_of("reader")), timeout=10)
+        signed_in = requests.get(url, auth=(client, key_of(client)), timeout=10)
         assert signed_in.status_code == 200, endpoint
+
+
+def test_status_lists_granted_workspaces(gateway: ProxyProcess) -> None:
+    url = f"{gateway.url}/_proxy/status"
+    for client, expected in (("alice", ["alpha-ws"]), ("guest", []),
+                             ("ops", ["alpha-ws", "beta-ws"])):
+        response = requests.get(url, auth=(client, key_of(client)), timeout=10)
+        names = [workspace["name"] for workspace in response.json()["workspaces"]]
+        assert names == expected, client
+
+
+def test_metrics_need_all_workspaces_grant(gateway: ProxyProcess) -> None:
+    response = requests.get(
+        f"{gateway.url}/_proxy/metrics", auth=("alice", key_of("alice")), timeout=10
+    )
+    assert response.status_code == 403
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert "only a client granted '*' may read it" in response.json()["detail"]
+    assert "beta-ws" not in response.text
 
 
 def test_healthz_open_without_client(gateway: ProxyProcess) -> None:
