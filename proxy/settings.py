@@ -398,8 +398,23 @@ def _parse_hosts(value: Any, where: str) -> tuple[str, ...]:
                 f"{where}: invalid host name {str(host)!r} "
                 "(expected a name such as gateway.example.org, *.example.org or an IP address)"
             )
+        _check_wildcard(host, where)
         hosts.append(host.lower())
     return tuple(hosts)
+
+
+def _check_wildcard(host: str, where: str) -> None:
+    """Reject a wildcard that covers a whole top-level domain, such as `*.com`."""
+    if not host.startswith("*."):
+        return
+    if host.lower() == "*.localhost":
+        return  # One of the defaults: every name under localhost is this machine.
+    labels = host[2:].split(".")
+    if len(labels) < 2 or not all(labels):
+        raise ConfigError(
+            f"{where}: wildcard host {host!r} is too broad (expected at least two labels "
+            "after '*.', such as *.example.org)"
+        )
 
 
 def _parse_origins(value: Any, where: str) -> tuple[str, ...]:

@@ -137,6 +137,9 @@ def test_empty_config_means_defaults(tmp_path: Path) -> None:
         ("vault: ''\n", "line 1: 'vault': expected a file path, found a string"),
         ("listen: 8080\n", "'listen': invalid listen address '8080'"),
         ("allowed_hosts: gateway.example\n", "'allowed_hosts': expected a list of host names"),
+        ("allowed_hosts: ['*.com']\n", "'allowed_hosts': wildcard host '*.com' is too broad"),
+        ("allowed_hosts: ['*.com.']\n", "wildcard host '*.com.' is too broad"),
+        ("allowed_hosts: ['*..com']\n", "wildcard host '*..com' is too broad"),
         ("allowed_origins: [app.example]\n", "'allowed_origins': invalid origin 'app.example'"),
     ],
 )
@@ -243,3 +246,9 @@ def test_http_upstream_opt_in_needs_true(tmp_path: Path) -> None:
 )
 def test_origin_shown_without_default_port(origin: Origin, text: str) -> None:
     assert str(origin) == text
+
+
+def test_narrow_wildcard_hosts_accepted(tmp_path: Path) -> None:
+    path = config_file(tmp_path, "allowed_hosts: ['*.example.org', '*.localhost']\n")
+    settings = load_settings({"config": path})
+    assert "*.example.org" in settings.allowed_hosts
