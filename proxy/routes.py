@@ -36,7 +36,7 @@ from enum import Enum
 from urllib.parse import unquote
 
 from proxy.errors import PathRejected
-from proxy.names import WORKSPACE_NAME, WORKSPACE_NAME_RULE
+from proxy.names import WORKSPACE_NAME, WORKSPACE_NAME_RULE, has_upper_case
 
 DEFAULT_FAMILIES = (
     "/api/catalogue/stac/catalogs/user/catalogs",
@@ -129,6 +129,11 @@ def resolve(target: str, families: tuple[tuple[str, ...], ...]) -> Route:
         )
 
     family, workspace = raw_reading
+    if workspace is not None and has_upper_case(workspace):
+        raise PathRejected(
+            f"workspace names are lower case: use {workspace.lower()!r} in the path, "
+            f"not {workspace!r}"
+        )
     if workspace is not None and not WORKSPACE_NAME.match(workspace):
         raise PathRejected(f"invalid workspace name in path (expected {WORKSPACE_NAME_RULE})")
     if family is None or workspace is None:

@@ -29,7 +29,7 @@ from types import MappingProxyType
 
 from proxy.clients import Client, parse_clients
 from proxy.errors import ConfigError
-from proxy.names import WORKSPACE_NAME, WORKSPACE_NAME_RULE
+from proxy.names import WORKSPACE_NAME, WORKSPACE_NAME_RULE, has_upper_case
 from proxy.yamlfile import LinedDict, load_mapping, parse_mapping, type_name
 
 TOKEN_SOURCES = ("token", "token_file", "token_env")
@@ -206,6 +206,11 @@ def _parse_data(path: Path, data: LinedDict) -> tuple[Entry, ...]:
 
 
 def _parse_entry(path: Path, line: int, name: object, entry: object) -> Entry:
+    if isinstance(name, str) and has_upper_case(name):
+        raise ConfigError(
+            f"{path}, line {line}: workspace name {name!r} has upper-case letters "
+            f"(expected lower case, as the platform names workspaces: {name.lower()!r})"
+        )
     if not isinstance(name, str) or not WORKSPACE_NAME.match(name):
         raise ConfigError(
             f"{path}, line {line}: invalid workspace name {str(name)!r} "

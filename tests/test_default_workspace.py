@@ -68,6 +68,20 @@ def test_own_token_wins_over_default(
     assert upstream.state.received[-1].headers["Authorization"] == [f"Bearer {TOKENS['beta-ws']}"]
 
 
+def test_upper_case_workspace_never_defaulted(
+    defaulting_proxy: ProxyProcess, upstream: UpstreamServer
+) -> None:
+    """`BETA-WS` would otherwise miss beta-ws's entry and get alpha-ws's token."""
+    before = len(upstream.state.received)
+    response = requests.get(
+        f"{defaulting_proxy.url}/api/workspaces/BETA-WS/processes", timeout=10
+    )
+
+    assert response.status_code == 400, response.text
+    assert "workspace names are lower case: use 'beta-ws'" in response.json()["detail"]
+    assert len(upstream.state.received) == before
+
+
 def test_public_path_still_gets_no_token(
     defaulting_proxy: ProxyProcess, upstream: UpstreamServer
 ) -> None:

@@ -130,7 +130,6 @@ def test_query_never_names_workspace() -> None:
         "/ades/alpha-ws/",
         "/ades/alpha-ws",
         "/ades/alpha-ws?",
-        "/ades/ALPHA-ws/x",
     ],
 )
 def test_target_kept_byte_for_byte(target: str) -> None:
@@ -185,6 +184,17 @@ def test_target_kept_byte_for_byte(target: str) -> None:
 def test_ambiguous_or_invalid_target_rejected(target: str) -> None:
     with pytest.raises(PathRejected):
         resolve(target, FAMILIES)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [f"{USER}/ALPHA-WS/x", "/api/workspaces/Alpha-ws", "/as/ALPHA-WS/ades/x", "/files-of/aLpha/k"],
+)
+def test_upper_case_workspace_rejected(target: str) -> None:
+    with pytest.raises(PathRejected) as raised:
+        resolve(target, FAMILIES)
+
+    assert str(raised.value).startswith("workspace names are lower case: use '")
 
 
 def test_workspace_of_63_characters_accepted() -> None:

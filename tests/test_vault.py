@@ -252,6 +252,8 @@ def test_vault_without_workspaces_is_empty(tmp_path: Path, text: str) -> None:
         ("tokens:\n  alpha-ws: x\n", "line 1: unknown key 'tokens' in top level"),
         ("workspaces: [alpha-ws]\n", "line 1: 'workspaces' must be a mapping of workspace names"),
         ("workspaces:\n  alpha_ws:\n    token: x1\n", "line 2: invalid workspace name 'alpha_ws'"),
+        ("workspaces:\n  Alpha-WS:\n    token: x1\n",
+         "line 2: workspace name 'Alpha-WS' has upper-case letters (expected lower case"),
         ("workspaces:\n  alpha-ws: x1\n", "line 2: workspace 'alpha-ws' must be a mapping with a"),
         ("workspaces:\n  alpha-ws:\n    token: x1\n    note: hi\n",
          "line 4: unknown key 'note' in workspace 'alpha-ws'"),
