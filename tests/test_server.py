@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from proxy.settings import available_cpus, load_settings
+from proxy.errors import ConfigError
+from proxy.settings import available_cpus, load_settings, parse_workers
 from proxy.standin import USER_CATALOGS
 from tests.conftest import ProxyProcess
 from tests.inflight import InFlight
@@ -135,21 +136,30 @@ def test_workers_exit_when_parent_killed(workers: ProxyProcess) -> None:
     assert wait_for_exit(pids, timeout=15) == []
 
 
-@pytest.mark.parametrize("value", ["0", "two", "-1", "257"])
-def test_invalid_worker_count_rejected(
-    value: str, vault_file: Path, isolated_env: dict[str, str]
-) -> None:
+@pytest.mark.parametrize("value", ["0", "two", "-1", "257", "1.5", True])
+def test_invalid_worker_count_rejected(value: object) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_workers(value, "--workers")
+    assert str(raised.value).startswith(f"--workers: invalid worker count {value!r}")
+
+
+def test_invalid_workers_flag_one_line(vault_file: Path, isolated_env: dict[str, str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "proxy", "serve", "--listen", "127.0.0.1:0",
-         "--vault", str(vault_file), "--workers", value],
+         "--vault", str(vault_file), "--workers", "0"],
         capture_output=True, text=True, timeout=30, env={**os.environ, **isolated_env},
         check=False,
     )
     assert result.returncode == 2
-    assert f"--workers: invalid worker count '{value}'" in result.stderr
+    assert result.stderr.startswith("eodh-proxy: error: --workers: invalid worker count '0'")
     assert "Traceback" not in result.stderr
 
 
 def test_auto_workers_is_cpu_count() -> None:
     settings = load_settings({"workers": "auto", "vault": "/nonexistent"}, read_config=False)
     assert settings.workers == available_cpus()
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", 1), ("2", 2), (3, 3), ("256", 256)])
+def test_worker_count_accepts_whole_numbers(value: object, expected: int) -> None:
+    assert parse_workers(value, "--workers") == expected
