@@ -25,6 +25,7 @@ from proxy.vault import (
     parse_entries,
     parse_expiry,
     read_token,
+    token_file_path,
 )
 from proxy.vaultfile import remove_entry, set_entry
 
@@ -36,6 +37,7 @@ EXPIRY_WARNING_DAYS = 7
 def add(vault_path: Path, workspace: str, expires: str | None, stdin: TextIO) -> int:
     """Store the token read from `stdin` for `workspace`, replacing any it had."""
     check_workspace_name(workspace)
+    reject_external_source(vault_path, workspace)
     fields = {"token": ""}
     if expires is not None:
         fields["expires"] = format_expiry(expires)
@@ -55,6 +57,26 @@ def add(vault_path: Path, workspace: str, expires: str | None, stdin: TextIO) ->
         print(f"{vault_path}: note: the file was written anew, without its comments, "
               "because its layout could not be edited in place")
     return 0
+
+
+def reject_external_source(vault_path: Path, workspace: str) -> None:
+    """Raise if `workspace` takes its token from a file or variable, which `add` would replace."""
+    try:
+        entries = parse_entries(vault_path).entries
+    except ConfigError:
+        return  # A missing vault is created, and `set_entry` reports an invalid one.
+    for entry in entries:
+        if entry.workspace != workspace or entry.source == "token":
+            continue
+        if entry.source == "token_file":
+            where = f"write the new token to {token_file_path(vault_path, entry.reference)}"
+        else:
+            where = f"set the environment variable {entry.reference} to the new token"
+        raise ConfigError(
+            f"{vault_path}, line {entry.source_line}: workspace {workspace!r} takes its token "
+            f"from {entry.describe_source()} (vault not changed); to rotate it, {where}, "
+            f"or run 'eodh-proxy vault remove {workspace}' first to store it in the vault"
+        )
 
 
 def remove(vault_path: Path, workspace: str) -> int:

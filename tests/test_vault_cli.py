@@ -162,6 +162,34 @@ def test_add_rejects_bad_input(
     assert path.read_text() == before
 
 
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("token_file: alpha.token", "takes its token from token_file alpha.token (vault not "
+         "changed); to rotate it, write the new token to {folder}/alpha.token, or run "
+         "'eodh-proxy vault remove alpha-ws' first"),
+        ("token_env: ALPHA_TOKEN", "takes its token from token_env ALPHA_TOKEN (vault not "
+         "changed); to rotate it, set the environment variable ALPHA_TOKEN to the new token, "
+         "or run 'eodh-proxy vault remove alpha-ws' first"),
+    ],
+    ids=["token-file", "token-env"],
+)
+def test_add_keeps_external_token_source(
+    tmp_path: Path, env: dict[str, str], entry: str, message: str
+) -> None:
+    path = tmp_path / "vault.yaml"
+    path.write_text(f"workspaces:\n  alpha-ws:\n    {entry}\n")
+    path.chmod(0o600)
+    before = path.read_text()
+    result = cli("vault", "add", "alpha-ws", "--vault", str(path), stdin=SECRET, env=env)
+
+    assert result.returncode == 2
+    assert message.format(folder=tmp_path) in result.stderr
+    assert result.stderr.startswith(f"eodh-proxy: error: {path}, line 3: workspace 'alpha-ws'")
+    assert result.stderr.count("\n") == 1
+    assert path.read_text() == before
+
+
 def test_add_rejects_invalid_expiry(tmp_path: Path, env: dict[str, str]) -> None:
     path = tmp_path / "vault.yaml"
     result = cli("vault", "add", "alpha-ws", "--vault", str(path), "--expires", "soon",
