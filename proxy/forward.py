@@ -177,8 +177,8 @@ class ProxyHandler:
                     request.remote, request.method, _path_of(request), workspace, status,
                     relayed.sent, elapsed * 1000,
                 )
-            if self.audit is not None and _audited(request):
-                self._audit(self.audit, request, plan, response, status, relayed.sent, elapsed)
+            if self.audit is not None:
+                self._audit(self.audit, request, plan, status, relayed.sent, elapsed)
             if response is not None and self._admin.draining:
                 _close_when_done(request, response)
         return response
@@ -205,13 +205,11 @@ class ProxyHandler:
         audit: AuditLog,
         request: web.BaseRequest,
         plan: Plan | None,
-        response: web.StreamResponse | None,
         status: int,
         sent: int,
         elapsed: float,
     ) -> None:
-        if isinstance(response, web.Response) and isinstance(response.body, bytes):
-            sent = len(response.body)
+        # `sent` is the count the access line shows: body bytes sent, so 0 for HEAD.
         credential = plan.credential if plan is not None else None
         audit.record(
             client=request.get("client"),
@@ -475,11 +473,6 @@ async def _request_body(
         return body
     headers.popall("Content-Length", None)
     return rewrite_stream(request.content.iter_any(), rules)
-
-
-def _audited(request: web.BaseRequest) -> bool:
-    """Return whether `request` goes in the audit log: all but liveness probes."""
-    return request.raw_path.partition("?")[0] not in guards.CLIENT_AUTH_EXEMPT_PATHS
 
 
 def preflight_response(origin: str, request: web.BaseRequest) -> web.Response:

@@ -140,6 +140,52 @@ def test_refused_requests_logged(audited: tuple[ProxyProcess, Path]) -> None:
     assert (read_only["client"], read_only["method"]) == ("reader", "DELETE")
 
 
+def test_liveness_probe_logged(audited: tuple[ProxyProcess, Path]) -> None:
+    process, log = audited
+    marker = uuid.uuid4().hex
+    response = requests.get(f"{process.url}/_proxy/healthz?m={marker}", timeout=10)
+    assert response.status_code == 200
+    # The query is not logged, so a request after the probe marks how far to read.
+    requests.get(f"{process.url}/echo/{marker}", auth=("ops", key_of("ops")), timeout=10)
+    audit_lines(log, f"/echo/{marker}", 1)
+
+    probes = [json.loads(line) for line in log.read_text().splitlines() if "/healthz" in line]
+    assert probes != []
+    assert probes[-1]["path"] == "/_proxy/healthz"
+    assert probes[-1]["status"] == 200
+    assert probes[-1]["client"] is None
+    assert probes[-1]["bytes_out"] == len(response.content)
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "status"),
+    [
+        ("GET", {"Upgrade": "websocket", "Connection": "Upgrade"}, 501),
+        ("GET", {}, 403),
+        ("HEAD", {}, 403),
+    ],
+    ids=["upgrade", "no-token", "no-token-head"],
+)
+def test_error_bytes_match_access_line(
+    audited: tuple[ProxyProcess, Path], method: str, headers: dict[str, str], status: int
+) -> None:
+    """The proxy's own error responses: the access and audit lines count the same body bytes."""
+    process, log = audited
+    marker = uuid.uuid4().hex
+    path = f"{USER_CATALOGS}/gamma-ws/x/{marker}"
+    response = requests.request(
+        method, f"{process.url}{path}", headers=headers, auth=("guest", key_of("guest")),
+        timeout=10,
+    )
+    assert response.status_code == status
+    access = process.wait_for_line(f'"{method} {path}"')
+
+    (line,) = audit_lines(log, marker, 1)
+    assert line["status"] == status
+    assert line["bytes_out"] == len(response.content)
+    assert f" {status} {line['bytes_out']}B " in access, access
+
+
 def test_public_path_line_has_no_workspace(audited: tuple[ProxyProcess, Path]) -> None:
     process, log = audited
     marker = uuid.uuid4().hex
