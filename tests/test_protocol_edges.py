@@ -111,6 +111,42 @@ def test_trace_variants_rejected(
     assert received_since(upstream, before) == []
 
 
+# The status each request-line version gets: aiohttp 3.14's C parser (llhttp)
+# reads only HTTP/0.9, 1.0, 1.1 and 2.0, and answers 400 for every other
+# version; its pure-Python parser reads any "HTTP/<digit>.<digit>". The proxy's
+# own version check answers 505 for a version a parser read but the proxy does not serve.
+VERSION_STATUSES = {
+    "HTTP/1.1": (200, 200),
+    "HTTP/1.0": (200, 200),
+    "HTTP/0.9": (505, 505),
+    "HTTP/2.0": (505, 505),
+    "HTTP/1.2": (400, 505),
+    "HTTP/3.0": (400, 505),
+    "HTTP/2": (400, 400),
+    "HTTP/1.10": (400, 400),
+    "http/1.1": (400, 400),
+}
+
+
+@pytest.mark.parametrize("version", list(VERSION_STATUSES))
+def test_http_version_status_by_parser(
+    proxy: ProxyProcess, pure_parser_proxy: ProxyProcess, upstream: UpstreamServer, version: str
+) -> None:
+    before = len(upstream.state.received)
+    request = build(f"GET {ECHO} {version}", "Host: localhost", "Connection: close")
+    c_status, pure_status = VERSION_STATUSES[version]
+
+    c_reply = exchange(proxy.port, request)
+    pure_reply = exchange(pure_parser_proxy.port, request)
+
+    assert c_reply.status == c_status, c_reply.raw[:300]
+    assert pure_reply.status == pure_status, pure_reply.raw[:300]
+    assert c_reply.closed
+    assert pure_reply.closed
+    if c_status != 200:
+        assert received_since(upstream, before) == []
+
+
 def assert_rejected_untouched(reply_status: int | None, closed: bool, sent: list[str]) -> None:
     assert reply_status in (400, 505)
     assert closed
