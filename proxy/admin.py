@@ -114,14 +114,11 @@ class Admin:
                 body=json.dumps(self.status(client), indent=2).encode() + b"\n",
                 content_type="application/json",
             )
-        elif client is not None and client.workspaces is not None:
-            return problem_response(
-                ClientForbidden(
-                    f"client {client.name!r} may not read /{ADMIN_SEGMENT}/metrics: its "
-                    "samples cover every workspace, so only a client granted '*' may read it"
-                )
-            )
         else:
+            try:
+                check_metrics_reader(client)
+            except ClientForbidden as error:
+                return problem_response(error)
             text = self._metrics.render(
                 self._vaults.vault, self._reloads, dt.datetime.now(dt.UTC)
             )
@@ -170,3 +167,12 @@ class Admin:
             "upstream": self._upstream,
             "version": __version__,
         }
+
+
+def check_metrics_reader(client: Client | None) -> None:
+    """Raise `ClientForbidden` unless `client` may read the metrics (no client, or one granted '*')."""
+    if client is not None and client.workspaces is not None:
+        raise ClientForbidden(
+            f"client {client.name!r} may not read /{ADMIN_SEGMENT}/metrics: its "
+            "samples cover every workspace, so only a client granted '*' may read it"
+        )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from proxy import guards, routes
-from proxy.admin import ENDPOINTS, AdminNotFound, admin_path, endpoint_of
+from proxy.admin import ENDPOINTS, AdminNotFound, admin_path, check_metrics_reader, endpoint_of
 from proxy.clients import Client
 from proxy.credentials import choose_granted_credential
 from proxy.errors import ClientRequestError, MethodNotAllowed
@@ -92,6 +92,8 @@ def _explain_admin(target: str, rest: str, method: str, client: Client | None) -
         raise AdminNotFound(f"no admin endpoint at this path (expected one of: {listed})")
     if method not in ("GET", "HEAD"):
         raise MethodNotAllowed(f"/{routes.ADMIN_SEGMENT}/{endpoint} accepts only GET and HEAD")
+    if endpoint == "metrics":
+        check_metrics_reader(client)
     route = routes.Route(family=None, workspace=None, upstream_target=target)
     return Explanation(
         route=route, credential=None, upstream_url="", client=client, admin_endpoint=endpoint

@@ -352,6 +352,9 @@ class ProxyHandler:
                 for name, value in cors.response_headers(plan.cors_origin):
                     response.headers.add(name, value)
             add_browser_safety_headers(response.headers)
+            if self._admin.draining:
+                # SIGTERM came while the upstream worked: say so before the headers go out.
+                _close_when_done(request, response)
             writer = await response.prepare(request)
             relayed.status = response.status
             if writer is not None and not self._upstream.body_started(upstream):

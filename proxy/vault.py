@@ -325,7 +325,7 @@ def _read_first_line(file: Path, where: str, workspace: str) -> str:
     except UnicodeDecodeError:
         raise ConfigError(
             f"{where}: token_file {file} of workspace {workspace!r} contains non-ASCII bytes "
-            "(expected one line of printable ASCII)"
+            "(expected one line of printable ASCII with no spaces)"
         ) from None
     return text.removesuffix("\n").removesuffix("\r")
 
@@ -341,7 +341,7 @@ def check_token_text(value: str, where: str, what: str) -> str:
     if any(ord(char) < 0x21 or ord(char) > 0x7E for char in token):
         raise ConfigError(
             f"{where}: {what} contains spaces, line breaks or non-ASCII characters "
-            "(expected one line of printable ASCII)"
+            "(expected one line of printable ASCII with no spaces)"
         )
     return token
 

@@ -225,6 +225,8 @@ def explain_status(result: subprocess.CompletedProcess[str]) -> int:
         (None, "GET", "/_proxy/status"),
         ("alice", "GET", "/_proxy/status"),
         ("alice", "GET", "/_proxy/missing"),
+        ("alice", "GET", "/_proxy/metrics"),
+        ("ops", "GET", "/_proxy/metrics"),
     ],
 )
 def test_gateway_verdict_matches_live_proxy(

@@ -172,6 +172,29 @@ def test_pipelined_request_answered_while_stopping(
     assert code == 0
 
 
+def test_in_flight_response_closes_connection(
+    upstream: UpstreamServer, vault_file: Path, isolated_env: dict[str, str]
+) -> None:
+    """A response whose headers go out after SIGTERM carries `Connection: close`."""
+    proxy = start(upstream, vault_file, isolated_env)
+    gate = upstream.gate("shutdown-in-flight-close")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(
+            build(f"GET {USER_CATALOGS}/alpha-ws/hold?gate=shutdown-in-flight-close HTTP/1.1",
+                  "Host: localhost")
+        )
+        assert gate.arrived.wait(10)
+        proxy.process.send_signal(signal.SIGTERM)
+        proxy.wait_for_line("waiting up to 10 s for 1 request(s) in flight")
+        gate.open()
+        held = read_response(KeptOpen(socket.SocketIO(sock, "rb")))
+    code = proxy.process.wait(15)
+
+    assert held.status == 200
+    assert held.headers.get("Connection") == "close"
+    assert code == 0
+
+
 class KeptOpen(io.BufferedReader):
     """A buffered socket reader that http.client cannot close after one response."""
 
