@@ -119,10 +119,10 @@ def _workspace_of(segments: list[str]) -> str | None:
     return None
 
 
-@web.middleware
-async def _check_token(request: web.Request, handler: Any) -> web.StreamResponse:
-    standin = request.app[STANDIN_KEY]
-    workspace = strict_workspace(request.raw_path)
+def record_request(
+    standin: StandIn, request: web.Request, workspace: str | None, host: str = "api"
+) -> str | None:
+    """Append `request` to `standin.received`; return the workspace its bearer token belongs to."""
     authorization = request.headers.getall("Authorization", [])
     token_workspace = None
     if len(authorization) == 1 and authorization[0].startswith("Bearer "):
@@ -134,8 +134,18 @@ async def _check_token(request: web.Request, handler: Any) -> web.StreamResponse
             headers={name: request.headers.getall(name) for name in request.headers},
             workspace=workspace,
             token_workspace=token_workspace,
+            host=host,
         )
     )
+    return token_workspace
+
+
+@web.middleware
+async def _check_token(request: web.Request, handler: Any) -> web.StreamResponse:
+    standin = request.app[STANDIN_KEY]
+    workspace = strict_workspace(request.raw_path)
+    token_workspace = record_request(standin, request, workspace)
+    authorization = request.headers.getall("Authorization", [])
     # A server that strips ";" parameters may route the path elsewhere: count that reading too.
     for routed in (workspace, params_stripped_workspace(request.raw_path)):
         crossed = token_workspace is not None and routed is not None and token_workspace != routed

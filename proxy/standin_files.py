@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.standin import STANDIN_KEY, Received, StandIn, normalised_segments
+from proxy.standin import STANDIN_KEY, StandIn, normalised_segments, record_request
 
 
 def files_workspace(raw_path: str, *, strip_params: bool = False) -> str | None:
@@ -30,20 +30,8 @@ def files_workspace(raw_path: str, *, strip_params: bool = False) -> str | None:
 async def _check_files_token(request: web.Request, handler: Any) -> web.StreamResponse:
     standin = request.app[STANDIN_KEY]
     workspace = files_workspace(request.raw_path)
+    token_workspace = record_request(standin, request, workspace, host="files")
     authorization = request.headers.getall("Authorization", [])
-    token_workspace = None
-    if len(authorization) == 1 and authorization[0].startswith("Bearer "):
-        token_workspace = standin.workspace_of_token(authorization[0][len("Bearer ") :])
-    standin.received.append(
-        Received(
-            method=request.method,
-            raw_path=request.raw_path,
-            headers={name: request.headers.getall(name) for name in request.headers},
-            workspace=workspace,
-            token_workspace=token_workspace,
-            host="files",
-        )
-    )
     # A server that strips ";" parameters may read another workspace: count that reading too.
     for routed in (workspace, files_workspace(request.raw_path, strip_params=True)):
         if token_workspace is not None and token_workspace != routed:
