@@ -353,7 +353,8 @@ class ProxyHandler:
                     response.headers.add(name, value)
             add_browser_safety_headers(response.headers)
             if self._admin.draining:
-                # SIGTERM came while the upstream worked: say so before the headers go out.
+                # SIGTERM arrived while the upstream was busy, so the headers must say
+                # Connection: close.
                 _close_when_done(request, response)
             writer = await response.prepare(request)
             relayed.status = response.status

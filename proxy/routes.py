@@ -72,7 +72,7 @@ class UpstreamKind(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """What the proxy decided for one request target."""
+    """The proxy's decision for one request target: workspace, upstream and raw target."""
 
     family: str | None
     """The route family or mount prefix that matched, or None for a path that names no workspace."""
@@ -116,7 +116,7 @@ def resolve(target: str, families: tuple[tuple[str, ...], ...]) -> Route:
     path, separator, query = target.partition("?")
     _check_path_syntax(path, target)
     if separator and not _QUERY_CHARS.match(query):
-        raise PathRejected("the query holds a character that is not allowed in a URL")
+        raise PathRejected("the query contains a character that is not allowed in a URL")
 
     raw_segments = path[1:].split("/")
     _check_segments(raw_segments)
@@ -173,14 +173,14 @@ def _check_path_syntax(path: str, target: str) -> None:
         raise PathRejected("the request target must be a path starting with '/'")
     if not _PATH_CHARS.match(path):
         raise PathRejected(
-            "the path holds a character that is not allowed in a URL path "
+            "the path contains a character that is not allowed in a URL path "
             "(backslash, space, control character, '#' or non-ASCII)"
         )
     if _PERCENT_ESCAPE.search(path):
-        raise PathRejected("the path holds a '%' that does not start a two-digit hex escape")
+        raise PathRejected("the path contains a '%' that does not start a two-digit hex escape")
     if _UNSAFE_ESCAPE.search(path):
         raise PathRejected(
-            "the path holds an encoded slash, backslash, percent sign or control character"
+            "the path contains an encoded slash, backslash, percent sign or control character"
         )
     try:
         unquote(path, errors="strict")
@@ -192,7 +192,7 @@ def _check_segments(segments: list[str]) -> None:
     # An empty last segment is a trailing slash; any other empty segment is "//".
     for index, segment in enumerate(segments):
         if segment == "" and index != len(segments) - 1:
-            raise PathRejected("the path holds an empty segment ('//')")
+            raise PathRejected("the path contains an empty segment ('//')")
         if _reads_as_dot_or_slash(segment):
             raise PathRejected(
                 "the path contains a '.' or '..' segment (raw, percent-encoded, followed by "

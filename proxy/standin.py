@@ -48,7 +48,7 @@ class Received:
     workspace: str | None
     token_workspace: str | None
     host: str = "api"
-    """Which stand-in application received it: "api" or "files"."""
+    """The stand-in application that received it: "api" or "files"."""
 
 
 @dataclass

@@ -98,7 +98,7 @@ def test_target_forwarded_byte_for_byte(
         f"{USER_CATALOGS}/alpha-ws%2F..%2Fbeta-ws/echo",
         f"{USER_CATALOGS}/alpha-ws/echo%2F..%2F..%2Fbeta-ws",
         f"{USER_CATALOGS}//alpha-ws/echo",
-        f"/api/catalogue//stac/catalogs/user/catalogs/alpha-ws/echo",
+        "/api/catalogue//stac/catalogs/user/catalogs/alpha-ws/echo",
         f"{USER_CATALOGS}/alpha-ws\\..\\beta-ws/echo",
         f"{USER_CATALOGS}/alpha-ws%5C..%5Cbeta-ws/echo",
         f"{USER_CATALOGS}/alpha-ws%00/echo",
