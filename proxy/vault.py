@@ -1,8 +1,9 @@
 """The token vault: a YAML file of workspace names and their API tokens.
 
-Tokens live in `Token`, whose `str` and `repr` are redacted; code that needs the
-value calls `reveal()`, and the only such caller builds the upstream
-`Authorization` header. A token is identified everywhere else by its fingerprint.
+Tokens live in `Token`, whose `str` and `repr` are redacted. Only three places
+call `reveal()`: the request handler and `check`, which build the upstream
+`Authorization` header, and `vault add`, which writes the vault file. Everywhere
+else a token is identified by its fingerprint.
 
 A workspace entry names its token in exactly one way: inline (`token`), as the
 first line of a file (`token_file`, relative to the vault's folder) or as an
